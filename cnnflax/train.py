@@ -1,0 +1,317 @@
+"""train_and_evaluate: the loop, logging, evaluation and checkpoint cadence."""
+from __future__ import annotations
+
+import json
+import logging as std_logging
+import os
+import queue
+import threading
+import time
+from typing import Any, Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from cnnflax import checkpoint, data, models, optim
+from cnnflax import step as step_lib
+from cnnflax.config_check import check_config
+
+
+def build_model(config: ml_collections.ConfigDict, axis_name: str | None):
+  """The configured model; `config.model` holds its name and fields."""
+  fields = {k: v for k, v in config.model.items() if k != "name"}
+  fields.setdefault("num_classes", data.num_classes(config.dataset))
+  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+  return models.get_model(config.model.name, dtype=dtype, axis_name=axis_name,
+                          **fields)
+
+
+def count_params(params) -> int:
+  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
+
+
+class Run:
+  """Everything one training run builds before its loop starts."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    check_config(config)
+    self.config = config
+    self.workdir = workdir
+    self.devices = step_lib.Devices(config.parallelism)
+    self.devices.check_batch("batch_size", config.batch_size)
+    self.devices.check_batch("eval_batch_size", config.eval_batch_size)
+    self.dataset = data.load(config.dataset)
+    axis = step_lib.AXIS if config.batch_norm_sync else None
+    self.model = build_model(config, axis)
+    self.order = data.TrainOrder(self.dataset.num_train, config.batch_size,
+                                 config.seed)
+    self.steps_per_epoch = self.order.steps_per_epoch
+    self.num_steps = optim.total_steps(config, self.steps_per_epoch)
+    self.schedule = optim.create_schedule(config, self.steps_per_epoch,
+                                          self.num_steps)
+    self.tx = optim.create_optimizer(config, self.schedule)
+    self.dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+
+  def init_state(self) -> step_lib.TrainState:
+    return step_lib.init_state(self.model, self.tx, self.dataset.image_shape,
+                               self.config.seed)
+
+  def train_fn(self):
+    pre = data.device_preprocess(self.dataset, self.config.dataset, True,
+                                 self.dtype)
+    program = step_lib.make_train_program(self.model, self.tx, pre,
+                                          self.schedule, self.config,
+                                          self.devices.vary())
+    return self.devices.map_train(program)
+
+  def eval_fn(self):
+    pre = data.device_preprocess(self.dataset, self.config.dataset, False,
+                                 self.dtype)
+    return self.devices.map_eval(step_lib.make_eval_program(self.model, pre))
+
+  def train_batch(self, step: int) -> dict[str, np.ndarray]:
+    """This host's share of global step `step`'s batch (host arrays)."""
+    idx = self.order.indices(step)[self.devices.process_slice(
+        self.config.batch_size)]
+    return data.host_batch(self.dataset, self.config.dataset, True, idx,
+                           seed=self.config.seed * 1_000_003 + step)
+
+  def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
+    rows = self.devices.process_slice(self.config.eval_batch_size)
+    for idx, mask in data.eval_batches(self.dataset.num_test,
+                                       self.config.eval_batch_size):
+      batch = data.host_batch(self.dataset, self.config.dataset, False,
+                              idx[rows])
+      batch["mask"] = mask[rows]
+      yield batch
+
+
+def prefetch(items: Iterable, size: int) -> Iterator:
+  """Runs `items` in a thread, `size` ahead, so that host work and transfers
+  overlap the running step."""
+  if size <= 0:
+    yield from items
+    return
+  q: queue.Queue = queue.Queue(maxsize=size)
+  done = object()
+
+  def work():
+    try:
+      for item in items:
+        q.put(item)
+    except BaseException as e:  # re-raised in the consumer
+      q.put(e)
+    q.put(done)
+
+  threading.Thread(target=work, daemon=True).start()
+  while (item := q.get()) is not done:
+    if isinstance(item, BaseException):
+      raise item
+    yield item
+
+
+class Writer:
+  """JSONL, TensorBoard and absl logs; only process 0 writes anything."""
+
+  def __init__(self, workdir: str, resume_step: int):
+    self.active = jax.process_index() == 0
+    self.workdir = workdir
+    self._tb = None
+    if not self.active:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    for name in ("metrics.jsonl", "eval.jsonl"):
+      _truncate_after(os.path.join(workdir, name), resume_step)
+    try:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    except ImportError:
+      logging.warning("tensorboardX is not installed: no TensorBoard events")
+
+  def write(self, kind: str, record: dict[str, Any]) -> None:
+    if not self.active:
+      return
+    with open(os.path.join(self.workdir, f"{kind}.jsonl"), "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      prefix = "train" if kind == "metrics" else "eval"
+      for key, value in record.items():
+        if key not in ("step", "epoch") and isinstance(value, (int, float)):
+          self._tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+
+  def write_json(self, name: str, payload: dict) -> None:
+    if self.active:
+      _atomic_write(os.path.join(self.workdir, name),
+                    json.dumps(payload, indent=2, sort_keys=True))
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _truncate_after(path: str, step: int) -> None:
+  """Drops records past `step`: a resumed run rewrites them, and the log ends
+  as if the run had never stopped."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    kept = [line for line in f
+            if line.strip() and json.loads(line)["step"] <= step]
+  _atomic_write(path, "".join(kept))
+
+
+def _atomic_write(path: str, text: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def summarize(sums: dict[str, np.ndarray]) -> dict[str, float]:
+  count = max(float(sums["count"]), 1.0)
+  return {"loss": float(sums["loss"]) / count,
+          "top1_acc": float(sums["top1"]) / count,
+          "top5_acc": float(sums["top5"]) / count}
+
+
+def evaluate(run: Run, eval_fn, state, test_arrays) -> dict[str, float]:
+  """Every test example exactly once (padded, masked); one host sync."""
+  total = None
+  for batch in prefetch((run.devices.shard(b) for b in run.eval_batches()),
+                        run.config.dataset.prefetch):
+    sums = run.devices.first(eval_fn(state, test_arrays, batch))
+    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+  return summarize(jax.device_get(total))
+
+
+def quiet_library_logs() -> None:
+  """Keeps orbax's per-save INFO chatter out of the training log."""
+
+  def keep(record) -> bool:
+    return record.levelno >= 30 or "orbax" not in record.pathname
+
+  for handler in (logging.get_absl_handler(), *std_logging.root.handlers):
+    if keep not in handler.filters:
+      handler.addFilter(keep)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, Any]:
+  """Trains and evaluates the configured model; resumes from `workdir`."""
+  quiet_library_logs()
+  step_lib.initialize_distributed()
+  run = Run(config, workdir)
+  identity = {"model": config.model.name, "dataset": config.dataset.name,
+              "num_classes": run.dataset.num_classes}
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"),
+                                 config.checkpoints_to_keep, identity)
+  compile_start = time.perf_counter()
+  host_state = jax.device_get(run.init_state())
+  params = count_params(host_state.params)
+  start_step, wall_before = 0, 0.0
+  if ckpts.latest_step() is not None:
+    host_state, meta = ckpts.restore(host_state)
+    start_step, wall_before = int(host_state.step), meta.get("wall_s", 0.0)
+    logging.info("Resumed from %s at step %d", ckpts.directory, start_step)
+  writer = Writer(workdir, start_step)
+  writer.write_json("config.json", config.to_dict())
+  logging.info("%s: %s parameters, %d steps (%d per epoch), %d devices",
+               config.model.name, f"{params:,}", run.num_steps,
+               run.steps_per_epoch, run.devices.count)
+
+  state = run.devices.replicate(host_state)
+  train_arrays = run.devices.replicate(
+      data.device_arrays(run.dataset, config.dataset, True))
+  test_arrays = run.devices.replicate(
+      data.device_arrays(run.dataset, config.dataset, False))
+  train_fn, eval_fn = run.train_fn(), run.eval_fn()
+  started = time.perf_counter()
+
+  def save(step, state):
+    host = run.devices.fetch(state)
+    ckpts.save(step, host, {"wall_s": wall_before + time.perf_counter()
+                            - started})
+
+  batches = prefetch((run.devices.shard(run.train_batch(s))
+                      for s in range(start_step, run.num_steps)),
+                     config.dataset.prefetch)
+  eval_every = (run.steps_per_epoch if config.eval_every_steps < 0
+                else config.eval_every_steps)
+  pending, last_log, last_time = [], start_step, time.perf_counter()
+  step = start_step
+  for step in range(start_step + 1, run.num_steps + 1):
+    state, metrics = train_fn(state, train_arrays, next(batches))
+    pending.append(run.devices.first(metrics))
+    if step == start_step + 1:
+      logging.info("First step compiled and ran in %.1fs",
+                   time.perf_counter() - compile_start)
+    if step % config.log_every_steps == 0 or step == run.num_steps:
+      now = time.perf_counter()
+      record = _train_record(pending, step, run, now - last_time,
+                             step - last_log)
+      writer.write("metrics", record)
+      logging.info("step %d/%d epoch %.2f loss %.4f top1 %.4f lr %.4g "
+                   "%.0f img/s ETA %s", step, run.num_steps, record["epoch"],
+                   record["loss"], record["top1_acc"],
+                   record["learning_rate"], record["images_per_sec"],
+                   _eta((run.num_steps - step) * (now - last_time)
+                        / (step - last_log)))
+      pending, last_log, last_time = [], step, time.perf_counter()
+    do_eval = eval_every > 0 and step % eval_every == 0
+    do_save = step % config.checkpoint_every_steps == 0
+    if (do_eval or do_save) and step < run.num_steps:
+      jax.block_until_ready(metrics)  # so that images/s counts steps only
+      pause = time.perf_counter()
+      if do_eval:
+        _eval_and_write(run, eval_fn, state, test_arrays, writer, step)
+      if do_save:
+        save(step, state)
+      last_time += time.perf_counter() - pause
+
+  save(run.num_steps, state)
+  final = _eval_and_write(run, eval_fn, state, test_arrays, writer,
+                          run.num_steps)
+  ckpts.close()
+  results = {"test_top1_acc": final["top1_acc"],
+             "test_top5_acc": final["top5_acc"], "test_loss": final["loss"],
+             "steps": run.num_steps, "params": params,
+             "wall_s": round(wall_before + time.perf_counter() - started, 3),
+             "model": config.model.name, "dataset": config.dataset.name,
+             "devices": run.devices.count}
+  writer.write_json("results.json", results)
+  writer.close()
+  logging.info("Done: test top-1 %.4f, top-5 %.4f, loss %.4f",
+               final["top1_acc"], final["top5_acc"], final["loss"])
+  return results
+
+
+def _train_record(pending, step, run, seconds, steps) -> dict[str, Any]:
+  host = jax.device_get(pending)  # the one host sync per log interval
+  sums = {k: sum(float(m[k]) for m in host) for k in ("loss", "top1",
+                                                       "top5", "count")}
+  record = {"step": step, "epoch": round(step / run.steps_per_epoch, 4),
+            **summarize(sums),
+            "learning_rate": float(host[-1]["learning_rate"]),
+            "images_per_sec": round(steps * run.config.batch_size
+                                    / max(seconds, 1e-9), 1)}
+  return record
+
+
+def _eval_and_write(run, eval_fn, state, test_arrays, writer, step):
+  result = evaluate(run, eval_fn, state, test_arrays)
+  writer.write("eval", {"step": step,
+                        "epoch": round(step / run.steps_per_epoch, 4),
+                        "test_loss": result["loss"],
+                        "test_top1_acc": result["top1_acc"],
+                        "test_top5_acc": result["top5_acc"]})
+  logging.info("eval at step %d: loss %.4f top1 %.4f top5 %.4f", step,
+               result["loss"], result["top1_acc"], result["top5_acc"])
+  return result
+
+
+def _eta(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

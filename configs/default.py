@@ -1,0 +1,78 @@
+"""Defaults for every run: LeNet-5 on the bundled scikit-learn digits.
+
+Needs no network and no download; on a 2-core CPU it reaches about 97-98%
+test accuracy in well under a minute:
+
+  python main.py --config=configs/default.py --workdir=/tmp/cnnflax/default
+
+Every other config imports this one and overrides what its paper sets.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "lenet5"
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "digits"
+  c.dataset.data_dir = ""  # local copy in the official layout, or TFDS dir
+  c.dataset.image_size = 32
+  c.dataset.augment = "none"  # none | cifar | imagenet
+  c.dataset.crop_padding = 4  # cifar augmentation: zero pad, random crop
+  c.dataset.flip = True  # horizontal flips (cifar / imagenet augmentation)
+  c.dataset.normalize = True  # per-channel mean/std of the training set
+  c.dataset.on_device = True  # small datasets live in device memory
+  c.dataset.test_fraction = 0.2  # digits only: held-out share
+  c.dataset.split_seed = 0  # digits only: seed of the train/test split
+  c.dataset.synthetic_train_size = 1024  # synthetic only
+  c.dataset.synthetic_test_size = 256
+  c.dataset.synthetic_num_classes = 10
+  c.dataset.synthetic_channels = 3
+  c.dataset.prefetch = 2  # host batches prepared ahead (streamed datasets)
+
+  c.batch_size = 64  # global, over all devices and hosts
+  c.eval_batch_size = 500
+  c.num_epochs = 30.0
+  c.num_train_steps = -1  # > 0 overrides num_epochs
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "sgd"  # sgd | rmsprop | adam
+  c.optimizer.learning_rate = 0.05
+  c.optimizer.momentum = 0.9
+  c.optimizer.nesterov = False
+  c.optimizer.weight_decay = 5e-4  # L2 added to the gradient, as the papers
+  c.optimizer.decay_bias_and_bn = True  # the papers decay every parameter
+  c.optimizer.rmsprop_decay = 0.9
+  c.optimizer.epsilon = 1e-8  # rmsprop / adam
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.grad_clip_norm = 0.0  # > 0 clips the global gradient norm
+
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.name = "cosine"  # constant | piecewise | cosine | exponential
+  c.schedule.boundaries = ()  # piecewise: where the rate is multiplied
+  c.schedule.boundaries_unit = "epochs"  # steps | epochs | fraction
+  c.schedule.decay_factor = 0.1  # piecewise / exponential multiplier
+  c.schedule.decay_every_epochs = 2.0  # exponential (Inception v3: 0.94/2)
+  c.schedule.warmup_steps = 0
+  c.schedule.warmup_epochs = 0.0
+  c.schedule.warmup_type = "linear"  # linear | constant
+  c.schedule.warmup_learning_rate = 0.0  # start of linear / value of constant
+  c.schedule.final_learning_rate = 0.0  # cosine floor
+
+  c.label_smoothing = 0.0
+  c.aux_loss_weights = ()  # one weight per auxiliary head (GoogLeNet: 0.3)
+
+  c.seed = 0
+  c.half_precision = False  # float32 parameters, bfloat16 compute
+  c.parallelism = "shard_map"  # shard_map | pmap
+  c.batch_norm_sync = True  # BN statistics over the global batch
+
+  c.log_every_steps = 50
+  c.eval_every_steps = -1  # -1: once per epoch; 0: only at the end
+  c.checkpoint_every_steps = 500
+  c.checkpoints_to_keep = 3
+  return c

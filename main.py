@@ -1,0 +1,35 @@
+"""Trains and evaluates one config.
+
+  python main.py --config=configs/default.py --workdir=/tmp/cnnflax/default
+  python main.py --config=configs/lenet5.py --workdir=DIR --config.seed=1
+"""
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import cnnflax  # noqa: F401  (sets fast XLA defaults before jax starts)
+from cnnflax import train
+from cnnflax.errors import CnnflaxError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
+config_flags.DEFINE_config_file(
+    "config", None, "A configs/*.py file.", lock_config=False,
+    accept_new_attributes=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except CnnflaxError as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -208,79 +208,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
               "num_classes": run.dataset.num_classes}
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"),
                                  config.checkpoints_to_keep, identity)
-  compile_start = time.perf_counter()
   host_state = jax.device_get(run.init_state())
   params = count_params(host_state.params)
-  start_step, wall_before = 0, 0.0
+  meta = {}
   if ckpts.latest_step() is not None:
     host_state, meta = ckpts.restore(host_state)
-    start_step, wall_before = int(host_state.step), meta.get("wall_s", 0.0)
-    logging.info("Resumed from %s at step %d", ckpts.directory, start_step)
-  writer = Writer(workdir, start_step)
+    logging.info("Resumed from %s at step %d", ckpts.directory,
+                 int(host_state.step))
+  writer = Writer(workdir, int(host_state.step))
   writer.write_json("config.json", config.to_dict())
   logging.info("%s: %s parameters, %d steps (%d per epoch), %d devices",
                config.model.name, f"{params:,}", run.num_steps,
                run.steps_per_epoch, run.devices.count)
-
-  state = run.devices.replicate(host_state)
-  train_arrays = run.devices.replicate(
-      data.device_arrays(run.dataset, config.dataset, True))
-  test_arrays = run.devices.replicate(
-      data.device_arrays(run.dataset, config.dataset, False))
-  train_fn, eval_fn = run.train_fn(), run.eval_fn()
-  started = time.perf_counter()
-
-  def save(step, state):
-    host = run.devices.fetch(state)
-    ckpts.save(step, host, {"wall_s": wall_before + time.perf_counter()
-                            - started})
-
-  batches = prefetch((run.devices.shard(run.train_batch(s))
-                      for s in range(start_step, run.num_steps)),
-                     config.dataset.prefetch)
-  eval_every = (run.steps_per_epoch if config.eval_every_steps < 0
-                else config.eval_every_steps)
-  pending, last_log, last_time = [], start_step, time.perf_counter()
-  step = start_step
-  for step in range(start_step + 1, run.num_steps + 1):
-    state, metrics = train_fn(state, train_arrays, next(batches))
-    pending.append(run.devices.first(metrics))
-    if step == start_step + 1:
-      logging.info("First step compiled and ran in %.1fs",
-                   time.perf_counter() - compile_start)
-    if step % config.log_every_steps == 0 or step == run.num_steps:
-      now = time.perf_counter()
-      record = _train_record(pending, step, run, now - last_time,
-                             step - last_log)
-      writer.write("metrics", record)
-      logging.info("step %d/%d epoch %.2f loss %.4f top1 %.4f lr %.4g "
-                   "%.0f img/s ETA %s", step, run.num_steps, record["epoch"],
-                   record["loss"], record["top1_acc"],
-                   record["learning_rate"], record["images_per_sec"],
-                   _eta((run.num_steps - step) * (now - last_time)
-                        / (step - last_log)))
-      pending, last_log, last_time = [], step, time.perf_counter()
-    do_eval = eval_every > 0 and step % eval_every == 0
-    do_save = step % config.checkpoint_every_steps == 0
-    if (do_eval or do_save) and step < run.num_steps:
-      jax.block_until_ready(metrics)  # so that images/s counts steps only
-      pause = time.perf_counter()
-      if do_eval:
-        _eval_and_write(run, eval_fn, state, test_arrays, writer, step)
-      if do_save:
-        save(step, state)
-      last_time += time.perf_counter() - pause
-
-  save(run.num_steps, state)
-  final = _eval_and_write(run, eval_fn, state, test_arrays, writer,
-                          run.num_steps)
-  ckpts.close()
+  loop = Loop(run, ckpts, writer, meta)
+  final = loop.train(host_state)
   results = {"test_top1_acc": final["top1_acc"],
              "test_top5_acc": final["top5_acc"], "test_loss": final["loss"],
              "steps": run.num_steps, "params": params,
-             "wall_s": round(wall_before + time.perf_counter() - started, 3),
-             "model": config.model.name, "dataset": config.dataset.name,
-             "devices": run.devices.count}
+             "wall_s": round(loop.wall_s(), 3), "model": config.model.name,
+             "dataset": config.dataset.name, "devices": run.devices.count}
   writer.write_json("results.json", results)
   writer.close()
   logging.info("Done: test top-1 %.4f, top-5 %.4f, loss %.4f",
@@ -288,16 +234,102 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   return results
 
 
-def _train_record(pending, step, run, seconds, steps) -> dict[str, Any]:
-  host = jax.device_get(pending)  # the one host sync per log interval
-  sums = {k: sum(float(m[k]) for m in host) for k in ("loss", "top1",
-                                                       "top5", "count")}
-  record = {"step": step, "epoch": round(step / run.steps_per_epoch, 4),
-            **summarize(sums),
-            "learning_rate": float(host[-1]["learning_rate"]),
-            "images_per_sec": round(steps * run.config.batch_size
-                                    / max(seconds, 1e-9), 1)}
-  return record
+METRIC_SUMS = ("loss", "top1", "top5", "count")
+
+
+class Loop:
+  """The step loop: metrics stay on the devices until a log step; evaluation
+  and checkpoints at their cadence; the partial log interval travels in the
+  checkpoint so that a resumed run logs what an uninterrupted one would."""
+
+  def __init__(self, run: Run, ckpts: checkpoint.Checkpoints,
+               writer: Writer, meta: dict):
+    self.run, self.ckpts, self.writer = run, ckpts, writer
+    self.config = run.config
+    self.wall_before = meta.get("wall_s", 0.0)
+    carried = meta.get("log_sums")
+    self.pending = [carried] if carried else []
+    self.started = time.perf_counter()
+    eval_every = self.config.eval_every_steps
+    self.eval_every = run.steps_per_epoch if eval_every < 0 else eval_every
+
+  def wall_s(self) -> float:
+    return self.wall_before + time.perf_counter() - self.started
+
+  def train(self, host_state) -> dict[str, float]:
+    run, config = self.run, self.config
+    start = int(host_state.step)
+    state = run.devices.replicate(host_state)
+    self.train_arrays = run.devices.replicate(
+        data.device_arrays(run.dataset, config.dataset, True))
+    self.test_arrays = run.devices.replicate(
+        data.device_arrays(run.dataset, config.dataset, False))
+    train_fn, self.eval_fn = run.train_fn(), run.eval_fn()
+    batches = prefetch((run.devices.shard(run.train_batch(s))
+                        for s in range(start, run.num_steps)),
+                       config.dataset.prefetch)
+    self.last_log, self.last_time = start, time.perf_counter()
+    for step in range(start + 1, run.num_steps + 1):
+      state, metrics = train_fn(state, self.train_arrays, next(batches))
+      self.pending.append(run.devices.first(metrics))
+      if step == start + 1:
+        logging.info("First step compiled and ran in %.1fs",
+                     time.perf_counter() - self.started)
+      if step % config.log_every_steps == 0 or step == run.num_steps:
+        self.log(step)
+      if step < run.num_steps:
+        self.maybe_evaluate_and_save(step, state, metrics)
+    self.save(run.num_steps, state)
+    final = self.evaluate(run.num_steps, state)
+    self.ckpts.close()
+    return final
+
+  def log(self, step: int) -> None:
+    now = time.perf_counter()
+    seconds, steps = now - self.last_time, step - self.last_log
+    sums = _add_up(self.pending)  # the one host sync per log interval
+    record = {"step": step, "epoch": round(step / self.run.steps_per_epoch, 4),
+              **summarize(sums), "learning_rate": sums["learning_rate"],
+              "images_per_sec": round(steps * self.config.batch_size
+                                      / max(seconds, 1e-9), 1)}
+    self.writer.write("metrics", record)
+    logging.info("step %d/%d epoch %.2f loss %.4f top1 %.4f lr %.4g "
+                 "%.0f img/s ETA %s", step, self.run.num_steps,
+                 record["epoch"], record["loss"], record["top1_acc"],
+                 record["learning_rate"], record["images_per_sec"],
+                 _eta((self.run.num_steps - step) * seconds / steps))
+    self.pending, self.last_log, self.last_time = [], step, time.perf_counter()
+
+  def maybe_evaluate_and_save(self, step: int, state, metrics) -> None:
+    do_eval = self.eval_every > 0 and step % self.eval_every == 0
+    do_save = step % self.config.checkpoint_every_steps == 0
+    if not (do_eval or do_save):
+      return
+    jax.block_until_ready(metrics)  # so that images/s counts steps only
+    pause = time.perf_counter()
+    if do_eval:
+      self.evaluate(step, state)
+    if do_save:
+      self.save(step, state)
+    self.last_time += time.perf_counter() - pause
+
+  def save(self, step: int, state) -> None:
+    extra = {"wall_s": self.wall_s()}
+    if self.pending:
+      extra["log_sums"] = _add_up(self.pending)
+    self.ckpts.save(step, self.run.devices.fetch(state), extra)
+
+  def evaluate(self, step: int, state) -> dict[str, float]:
+    return _eval_and_write(self.run, self.eval_fn, state, self.test_arrays,
+                           self.writer, step)
+
+
+def _add_up(pending: list) -> dict[str, float]:
+  """Sums per-step metric sums (device or host); keeps the last rate."""
+  host = jax.device_get(pending)
+  sums = {k: float(sum(float(m[k]) for m in host)) for k in METRIC_SUMS}
+  sums["learning_rate"] = float(host[-1]["learning_rate"])
+  return sums
 
 
 def _eval_and_write(run, eval_fn, state, test_arrays, writer, step):

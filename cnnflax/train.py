@@ -36,16 +36,19 @@ def count_params(params) -> int:
 class Run:
   """Everything one training run builds before its loop starts."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               devices=None):
     check_config(config)
     self.config = config
     self.workdir = workdir
-    self.devices = step_lib.Devices(config.parallelism)
-    self.devices.check_batch("batch_size", config.batch_size)
-    self.devices.check_batch("eval_batch_size", config.eval_batch_size)
-    self.dataset = data.load(config.dataset)
     axis = step_lib.AXIS if config.batch_norm_sync else None
-    self.model = build_model(config, axis)
+    self.model = build_model(config, axis)  # validates the model's fields
+    self.devices = step_lib.Devices(config.parallelism, devices)
+    self.devices.check_batch("batch_size", config.batch_size)
+    # Evaluation pads and masks anyway, so its batch just rounds up.
+    per_device = -(-config.eval_batch_size // self.devices.count)
+    self.eval_batch_size = per_device * self.devices.count
+    self.dataset = data.load(config.dataset)
     self.order = data.TrainOrder(self.dataset.num_train, config.batch_size,
                                  config.seed)
     self.steps_per_epoch = self.order.steps_per_epoch
@@ -80,9 +83,9 @@ class Run:
                            seed=self.config.seed * 1_000_003 + step)
 
   def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
-    rows = self.devices.process_slice(self.config.eval_batch_size)
+    rows = self.devices.process_slice(self.eval_batch_size)
     for idx, mask in data.eval_batches(self.dataset.num_test,
-                                       self.config.eval_batch_size):
+                                       self.eval_batch_size):
       batch = data.host_batch(self.dataset, self.config.dataset, False,
                               idx[rows])
       batch["mask"] = mask[rows]

@@ -17,7 +17,7 @@ from absl import logging
 
 from cnnflax import checkpoint, data, models, optim
 from cnnflax import step as step_lib
-from cnnflax.config_check import check_config
+from cnnflax.config_check import check_config, check_schedule
 
 
 def build_model(config: ml_collections.ConfigDict, axis_name: str | None):
@@ -53,6 +53,10 @@ class Run:
                                  config.seed)
     self.steps_per_epoch = self.order.steps_per_epoch
     self.num_steps = optim.total_steps(config, self.steps_per_epoch)
+    if config.schedule.name == "piecewise":
+      check_schedule(config, optim.boundaries_in_steps(
+          config.schedule, self.steps_per_epoch, self.num_steps),
+                     self.num_steps)
     self.schedule = optim.create_schedule(config, self.steps_per_epoch,
                                           self.num_steps)
     self.tx = optim.create_optimizer(config, self.schedule)

@@ -7,6 +7,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # for `configs`
 
+import ml_collections  # noqa: E402
 import pytest  # noqa: E402
 
 from configs import default  # noqa: E402
@@ -27,6 +28,8 @@ def tiny_config(**overrides):
   c.eval_every_steps = 3
   c.checkpoint_every_steps = 3
   c.optimizer.learning_rate = 0.01
+  # Not type-safe, so that tests can hand the validator any wrong type.
+  c = ml_collections.ConfigDict(c.to_dict(), type_safe=False)
   for key, value in overrides.items():
     target = c
     *parents, leaf = key.split(".")

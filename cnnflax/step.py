@@ -43,8 +43,10 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation,
   def init(key):
     init_key, state_key = jax.random.split(key)
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
-    variables = model.init({"params": init_key, "dropout": init_key}, dummy,
-                           train=False)
+    # train=True so that training-only heads (auxiliary classifiers) get
+    # parameters; no axis name, since this runs outside the device mapping.
+    variables = model.clone(axis_name=None).init(
+        {"params": init_key, "dropout": init_key}, dummy, train=True)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}),

@@ -6,15 +6,25 @@ schedule over 20 epochs, on the digits padded to 32x32 as in the paper.
 
   python main.py --config=configs/lenet5.py --workdir=/tmp/cnnflax/lenet5 \
       --config.dataset.data_dir=../shared/data/mnist
+
+`--config=configs/lenet5.py:modern` trains the modern twin (relu, max-pool,
+full C3) with the same recipe.
 """
 import ml_collections
 
 from configs import default
 
 
-def get_config() -> ml_collections.ConfigDict:
+VARIANTS = {"paper": "lenet5", "modern": "lenet5_modern"}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = default.get_config()
-  c.model.name = "lenet5"
+  variant = arg or "paper"
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/lenet5.py:{variant} is unknown; use "
+                     f"{' or '.join(VARIANTS)}")
+  c.model.name = VARIANTS[variant]
   c.dataset.name = "mnist"
   c.batch_size = 128
   c.num_epochs = 20.0

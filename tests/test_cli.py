@@ -94,3 +94,10 @@ def test_benchmark_prints_one_json_line():
   assert line["devices"] == 2 and line["batch_size"] == 64
   assert line["images_per_sec"] > 0 and line["compile_s"] > 0
   assert set(line["step_ms"]) == {"median", "min", "max"}
+
+
+def test_config_argument_reaches_get_config():
+  proc = cli("-m", "cnnflax.summary", "--config=configs/lenet5.py:modern",
+             "--json")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert json.loads(proc.stdout.strip().splitlines()[-1])["params"] == 61_706

@@ -78,6 +78,11 @@ def layer_table(model: nn.Module, image_shape: tuple[int, int, int],
                      _size(own), flops)
     return out
 
+  if getattr(model, "scan_blocks", None) is not None or hasattr(
+      model, "scanned"):
+    # Same math and parameters, but every block shows (and is counted) on
+    # its own row instead of once inside a scan.
+    model = model.clone(scan_blocks=False)
   x = jnp.zeros((1, *image_shape), jnp.float32)
   variables = jax.eval_shape(
       lambda: model.init({"params": jax.random.key(0),

@@ -84,3 +84,8 @@ def _check_fields(name: str, module: type[nn.Module], fields: dict) -> None:
 
 # Importing a family module registers its models.
 from cnnflax.models import lenet  # noqa: E402,F401
+from cnnflax.models import resnet  # noqa: E402,F401
+from cnnflax.models import alexnet  # noqa: E402,F401
+from cnnflax.models import vgg  # noqa: E402,F401
+from cnnflax.models import nin  # noqa: E402,F401
+from cnnflax.models import googlenet  # noqa: E402,F401

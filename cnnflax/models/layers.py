@@ -83,3 +83,91 @@ def batch_norm(train: bool, dtype: Dtype, axis_name: str | None,
   """
   return nn.BatchNorm(use_running_average=not train, momentum=0.9,
                       epsilon=1e-5, dtype=dtype, axis_name=axis_name, **kwargs)
+
+
+def check_rate(field: str, value: float) -> None:
+  """Refuses a dropout rate outside [0, 1) in the usual one-line form."""
+  if isinstance(value, bool) or not 0 <= value < 1:
+    raise ValueError(f"{field}={value!r} is not valid; choose a rate in [0, 1)")
+
+
+def check_at_least(field: str, value: int, minimum: int) -> None:
+  """Refuses a whole-number field below `minimum`."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ValueError(f"{field}={value!r} is not valid; choose a whole number "
+                     f">= {minimum}")
+
+
+class LRN(nn.Module):
+  """Local response normalisation across channels (Krizhevsky et al. 2012):
+
+    b_i = a_i / (k + alpha * sum_{|j - i| <= size // 2} a_j^2) ** beta
+
+  `alpha` multiplies the plain sum as in the paper; Caffe and torch divide
+  their alpha by `size` first, so their alpha=1e-4 is alpha=2e-5 here.
+  """
+  size: int = 5
+  k: float = 2.0
+  alpha: float = 1e-4
+  beta: float = 0.75
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    # float32 inside: the power of a bfloat16 sum loses too much.
+    squares = jnp.square(x.astype(jnp.float32))
+    half = self.size // 2
+    padded = jnp.pad(squares, [(0, 0)] * (x.ndim - 1) +
+                     [(half, self.size - 1 - half)])
+    channels = x.shape[-1]
+    # A few shifted slices: XLA fuses them into one elementwise pass.
+    window = sum(padded[..., i:i + channels] for i in range(self.size))
+    scale = (self.k + self.alpha * window) ** self.beta
+    return (x.astype(jnp.float32) / scale).astype(x.dtype)
+
+
+class SplitConv(nn.Module):
+  """A grouped convolution written as `groups` ordinary convolutions on slices
+  of the channels, concatenated: the parameters and the result of
+  feature_group_count=groups, but XLA:CPU runs grouped convolutions ~40x
+  slower. (AlexNet's two columns, one per GPU.)"""
+  features: int
+  kernel_size: tuple[int, int]
+  groups: int = 2
+  strides: tuple[int, int] = (1, 1)
+  padding: Any = "SAME"
+  use_bias: bool = True
+  kernel_init: Callable = nn.initializers.he_normal()
+  bias_init: Callable = nn.initializers.zeros
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.features % self.groups or x.shape[-1] % self.groups:
+      raise ValueError(
+          f"groups={self.groups} must divide the {x.shape[-1]} input and "
+          f"{self.features} output channels")
+    outs = [nn.Conv(self.features // self.groups, self.kernel_size,
+                    self.strides, self.padding, use_bias=self.use_bias,
+                    kernel_init=self.kernel_init, bias_init=self.bias_init,
+                    dtype=self.dtype, name=f"group{i}")(part)
+            for i, part in enumerate(jnp.split(x, self.groups, axis=-1))]
+    return jnp.concatenate(outs, axis=-1)
+
+
+def caffe_pool(x: jax.Array, kind: str, window: int, stride: int) -> jax.Array:
+  """Max or average pooling without padding, rounding the output size up as
+  Caffe does: ceil((n - window) / stride) + 1, the last window hanging over
+  the edge (an average then covers only the pixels inside). NiN's and
+  GoogLeNet's layer tables assume this rounding."""
+  pads = []
+  for n in x.shape[1:3]:
+    out = -(-(n - window) // stride) + 1
+    if (out - 1) * stride >= n:  # a window must start inside the image
+      out -= 1
+    pads.append((0, max(0, (out - 1) * stride + window - n)))
+  if kind == "max":
+    return nn.max_pool(x, (window, window), (stride, stride), pads)
+  if kind == "avg":
+    return nn.avg_pool(x, (window, window), (stride, stride), pads,
+                       count_include_pad=False)
+  raise ValueError(f"pooling kind={kind!r} is not valid; choose max or avg")

@@ -3,8 +3,10 @@
   python -m cnnflax.benchmark --config=configs/default.py --steps=50
 
 Prints one JSON line: images_per_sec (steps run back to back, one sync at the
-end), step_ms median/min/max (each step synced), compile_s, devices,
-batch_size, and peak memory where the backend reports it.
+end), step_ms median/min/max (each step synced), compile_s (XLA compilation
+of the train step), trace_s (tracing and lowering it), init_s (jitted
+initialisation, compile included), devices, batch_size, and peak memory where
+the backend reports it.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "A configs/*.py file.", lock_config=False,
     accept_new_attributes=True)
-flags.DEFINE_integer("steps", 20, "Timed steps after compilation.")
+flags.DEFINE_integer("steps", 20, "Timed steps after compilation; 0 times "
+                     "only compilation and initialisation.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 
 
@@ -45,16 +48,29 @@ def synthetic_like(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 def benchmark(config: ml_collections.ConfigDict, steps: int,
               warmup: int = 2) -> dict:
   run = train.Run(synthetic_like(config), workdir="")
-  state = run.devices.replicate(run.init_state())
+  start = time.perf_counter()
+  state = jax.block_until_ready(run.init_state())
+  init_s = time.perf_counter() - start
+  state = run.devices.replicate(state)
   arrays = run.devices.replicate(
       data.device_arrays(run.dataset, run.config.dataset, True))
   batches = [run.devices.shard(run.train_batch(s)) for s in range(2)]
-  train_fn = run.train_fn()
-
   start = time.perf_counter()
+  lowered = run.train_fn().lower(state, arrays, batches[0])
+  trace_s = time.perf_counter() - start
+  train_fn = lowered.compile()
+  compile_s = time.perf_counter() - start - trace_s
   state, metrics = train_fn(state, arrays, batches[0])
   jax.block_until_ready(metrics)
-  compile_s = time.perf_counter() - start
+  result = {"model": config.model.name, "compile_s": round(compile_s, 2),
+            "trace_s": round(trace_s, 2), "init_s": round(init_s, 2),
+            "first_step_s": round(time.perf_counter() - start - trace_s
+                                  - compile_s, 2),
+            "devices": run.devices.count, "backend": jax.default_backend(),
+            "batch_size": config.batch_size,
+            "half_precision": config.half_precision}
+  if steps <= 0:  # compile and initialisation only
+    return {**result, **peak_memory()}
   for i in range(warmup):
     state, metrics = train_fn(state, arrays, batches[i % 2])
   jax.block_until_ready(metrics)
@@ -70,19 +86,12 @@ def benchmark(config: ml_collections.ConfigDict, steps: int,
     state, metrics = train_fn(state, arrays, batches[i % 2])
   jax.block_until_ready(metrics)
   back_to_back = time.perf_counter() - t
-  return {
-      "model": config.model.name,
-      "images_per_sec": round(steps * config.batch_size / back_to_back, 1),
-      "step_ms": {"median": round(statistics.median(times) * 1e3, 2),
-                  "min": round(min(times) * 1e3, 2),
-                  "max": round(max(times) * 1e3, 2)},
-      "compile_s": round(compile_s, 2),
-      "devices": run.devices.count,
-      "backend": jax.default_backend(),
-      "batch_size": config.batch_size,
-      "half_precision": config.half_precision,
-      **peak_memory(),
-  }
+  return {**result,
+          "images_per_sec": round(steps * config.batch_size / back_to_back, 1),
+          "step_ms": {"median": round(statistics.median(times) * 1e3, 2),
+                      "min": round(min(times) * 1e3, 2),
+                      "max": round(max(times) * 1e3, 2)},
+          **peak_memory()}
 
 
 def peak_memory() -> dict:

@@ -89,3 +89,4 @@ from cnnflax.models import alexnet  # noqa: E402,F401
 from cnnflax.models import vgg  # noqa: E402,F401
 from cnnflax.models import nin  # noqa: E402,F401
 from cnnflax.models import googlenet  # noqa: E402,F401
+from cnnflax.models import highway  # noqa: E402,F401

@@ -1,0 +1,41 @@
+"""AlexNet on ImageNet, Krizhevsky, Sutskever and Hinton 2012 (Table 2: one
+CNN, 40.7% top-1 / 18.2% top-5 error on the ILSVRC-2012 validation set).
+
+Recipe (Section 5): batch 128, SGD momentum 0.9, weight decay 5e-4, learning
+rate 0.01 divided by 10 three times, about 90 epochs; dropout 0.5 in fc6 and
+fc7; 227x227 crops and flips. The paper divided the rate when the validation
+error stopped improving; we fix the divisions at epochs 30, 60 and 80. Our
+crops are random-resized crops (the paper: random 224 crops of 256x256
+images plus PCA colour noise, which we do not reproduce).
+
+  python main.py --config=configs/alexnet.py --workdir=runs/alexnet \
+      --config.dataset.data_dir=/path/to/tensorflow_datasets
+  ... --config.model.groups=1          # one column: every map connected
+  ... --config.model.weight_init=paper # N(0, 0.01) weights, unit biases
+"""
+import ml_collections
+
+from configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = default.get_config()
+  c.model.name = "alexnet"
+  c.dataset.name = "imagenet2012"
+  c.dataset.image_size = 227
+  c.dataset.augment = "imagenet"
+  c.dataset.prefetch = 4
+  c.batch_size = 128
+  c.eval_batch_size = 500
+  c.num_epochs = 90.0
+  c.optimizer.name = "sgd"
+  c.optimizer.learning_rate = 0.01
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 5e-4
+  c.schedule.name = "piecewise"
+  c.schedule.boundaries = (30, 60, 80)
+  c.schedule.boundaries_unit = "epochs"
+  c.schedule.decay_factor = 0.1
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 5_000
+  return c

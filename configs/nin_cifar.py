@@ -1,0 +1,40 @@
+"""Network in Network on CIFAR-10, Lin, Chen and Yan 2014 (Table 1: 10.41%
+test error with dropout, 8.81% with dropout and translation/flip
+augmentation).
+
+Recipe (Section 4.1): batch 128, dropout 0.5 between the mlpconv blocks,
+the learning rate divided by 10 twice so that it ends at 1% of its start
+(the paper: when training accuracy stopped improving). Ours: SGD momentum
+0.9, weight decay 1e-4 (the authors' Caffe solver), learning rate 0.05
+divided by 10 at epochs 60 and 90, 120 epochs; 4-pixel pad, 32x32 crop,
+flip. The paper whitened the images (global contrast normalisation + ZCA);
+we normalise each channel.
+
+  python main.py --config=configs/nin_cifar.py --workdir=runs/nin_cifar \
+      --config.dataset.data_dir=../shared/data/cifar10
+"""
+import ml_collections
+
+from configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = default.get_config()
+  c.model.name = "nin_cifar"
+  c.dataset.name = "cifar10"
+  c.dataset.image_size = 32
+  c.dataset.augment = "cifar"
+  c.batch_size = 128
+  c.eval_batch_size = 1000
+  c.num_epochs = 120.0
+  c.optimizer.name = "sgd"
+  c.optimizer.learning_rate = 0.05
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 1e-4
+  c.schedule.name = "piecewise"
+  c.schedule.boundaries = (60, 90)
+  c.schedule.boundaries_unit = "epochs"
+  c.schedule.decay_factor = 0.1
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 2_000
+  return c

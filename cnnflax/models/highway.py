@@ -14,6 +14,9 @@ from cnnflax.models.layers import (activation, batch_norm, check_at_least,
 # Conv net: three stages with FitNet-4's width proportions (Romero et al.
 # 2015: 32, 80 and 128 maps), 2x2 max-pooling between them.
 STAGE_WIDTHS = (1.0, 2.5, 4.0)
+# Stacks of at least this many identical layers compile once under nn.scan
+# (unrolled, a 100-layer dense net's train step takes ~100 s to compile).
+SCAN_THRESHOLD = 10
 
 
 class HighwayLayer(nn.Module):
@@ -53,6 +56,15 @@ class HighwayLayer(nn.Module):
                    dtype=self.dtype, name=name)
 
 
+class ScannedLayers(nn.Module):
+  """The identical layers of a stack under nn.scan: (carry, nothing)."""
+  fields: tuple  # HighwayLayer's fields as sorted (name, value) pairs
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool):
+    return HighwayLayer(**dict(self.fields), name="layer")(x, train), None
+
+
 class Highway(nn.Module):
   """Highway networks and their plain twins of equal depth.
 
@@ -69,6 +81,10 @@ class Highway(nn.Module):
   depth=18 (19 layers with the classifier) has 2.26M parameters, about the
   paper's 19-layer 2.3M network; its exact layer table was not available
   to us, so this is our table in the paper's FitNet-based style.
+
+  `scan_blocks` (None: when a stack has SCAN_THRESHOLD or more identical
+  layers) compiles the layers after a stack's first one once, under nn.scan:
+  same maths and parameters, stacked as `<stack>_rest/layer` along axis 0.
   """
   num_classes: int = 10
   kind: str = "dense"
@@ -79,6 +95,7 @@ class Highway(nn.Module):
   gate_bias_init: float = -2.0
   batch_norm: bool = False
   dropout_rate: float = 0.0
+  scan_blocks: bool | None = None
   dtype: Any = jnp.float32
   axis_name: str | None = None
 
@@ -110,13 +127,33 @@ class Highway(nn.Module):
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(x)
 
+  @property
+  def layers_per_stack(self) -> int:
+    return self.depth if self.kind == "dense" else self.depth // 3
+
+  @property
+  def scanned(self) -> bool:
+    if self.scan_blocks is None:
+      return self.layers_per_stack - 1 >= SCAN_THRESHOLD
+    return self.scan_blocks
+
   def _layers(self, x, width, count, prefix, train):
     """A plain layer to `width`, then count - 1 highway (or plain) layers."""
     x = self._plain_projection(x, width, f"{prefix}1", train)
+    fields = dict(kind=self.kind, plain=self.plain, activation=self.activation,
+                  gate_bias_init=self.gate_bias_init,
+                  batch_norm=self.batch_norm, dtype=self.dtype,
+                  axis_name=self.axis_name)
+    if self.scanned and count > 1:
+      scan = nn.scan(ScannedLayers,
+                     variable_axes={"params": 0, "batch_stats": 0},
+                     split_rngs={"params": True, "dropout": True},
+                     in_axes=nn.broadcast, length=count - 1)
+      x, _ = scan(tuple(sorted(fields.items())), name=f"{prefix}_rest")(
+          x, train)
+      return x
     for i in range(2, count + 1):
-      x = HighwayLayer(self.kind, self.plain, self.activation,
-                       self.gate_bias_init, self.batch_norm, self.dtype,
-                       self.axis_name, name=f"{prefix}{i}")(x, train)
+      x = HighwayLayer(**fields, name=f"{prefix}{i}")(x, train)
     return x
 
   def _plain_projection(self, x, width, name, train):

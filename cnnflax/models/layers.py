@@ -171,3 +171,61 @@ def caffe_pool(x: jax.Array, kind: str, window: int, stride: int) -> jax.Array:
     return nn.avg_pool(x, (window, window), (stride, stride), pads,
                        count_include_pad=False)
   raise ValueError(f"pooling kind={kind!r} is not valid; choose max or avg")
+
+
+class Conv(nn.Module):
+  """A convolution with nn.Conv's parameters (kernel HWIO, bias) and two
+  implementations of the same maths: `impl="xla"` (lax.conv) or
+  `impl="matmul"` (patches x one matmul). Inside a scanned loop XLA:CPU runs
+  lax.conv with a naive kernel, about 20x slower than the matmul form."""
+  features: int
+  kernel_size: tuple[int, int] = (3, 3)
+  strides: tuple[int, int] = (1, 1)
+  padding: int = 0  # zeros on each side (same for height and width)
+  use_bias: bool = True
+  groups: int = 1
+  impl: str = "xla"
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kh, kw = self.kernel_size
+    kernel = self.param("kernel", self.kernel_init,
+                        (kh, kw, x.shape[-1] // self.groups, self.features))
+    x = x.astype(self.dtype)
+    kernel = kernel.astype(self.dtype)
+    if self.impl == "matmul" and self.groups == 1:
+      y = self._matmul(x, kernel)
+    else:
+      p = self.padding
+      y = jax.lax.conv_general_dilated(
+          x, kernel, self.strides, [(p, p), (p, p)],
+          dimension_numbers=("NHWC", "HWIO", "NHWC"),
+          feature_group_count=self.groups)
+    if self.use_bias:
+      y = y + self.param("bias", self.bias_init,
+                         (self.features,)).astype(self.dtype)
+    return y
+
+  def _matmul(self, x, kernel):
+    kh, kw, cin, cout = kernel.shape
+    sh, sw = self.strides
+    p = self.padding
+    if p:
+      x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    oh = (x.shape[1] - kh) // sh + 1
+    ow = (x.shape[2] - kw) // sw + 1
+    if (kh, kw) == (1, 1):
+      patches = x[:, ::sh, ::sw][:, :oh, :ow]
+    else:
+      patches = jnp.concatenate(
+          [x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+           for i in range(kh) for j in range(kw)], axis=-1)
+    return patches @ kernel.reshape(kh * kw * cin, cout)
+
+  def flops_per_image(self, output) -> int:
+    kernel = self.variables["params"]["kernel"].shape
+    return int(output.shape[1] * output.shape[2] * output.shape[3]
+               * kernel[0] * kernel[1] * kernel[2])

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from cnnflax.models import register_model
-from cnnflax.models.layers import activation, batch_norm, check_choice
+from cnnflax.models.layers import Conv, activation, batch_norm, check_choice
 
 UNITS = ("original", "bn_after_add", "relu_before_add", "relu_only_preact",
          "full_preact")
@@ -72,6 +72,7 @@ class ResidualUnit(nn.Module):
   zero_init_last: bool = False
   stochastic: bool = False  # stochastic depth on
   stochastic_mode: str = "batch"
+  conv_impl: str = "xla"
   dtype: Any = jnp.float32
   axis_name: str | None = None
 
@@ -123,9 +124,8 @@ class ResidualUnit(nn.Module):
         x = act(self._bn(train, f"bn{i}")(x))
       elif self.unit == "relu_only_preact" and not (i == 0 and skip_first_pre):
         x = act(x)
-      x = nn.Conv(features, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2,
-                  feature_group_count=groups, use_bias=not self.use_bn,
-                  kernel_init=he_init, dtype=self.dtype, name=f"conv{i}")(x)
+      x = Conv(features, (k, k), (s, s), k // 2, not self.use_bn, groups,
+               self.conv_impl, he_init, dtype=self.dtype, name=f"conv{i}")(x)
       if self.unit == "relu_only_preact":
         x = self._bn(train, f"bn{i}", zero=last and self.zero_init_last)(x)
       elif self.unit != "full_preact":
@@ -159,9 +159,9 @@ class ResidualUnit(nn.Module):
     if self.plain:
       return x if not changes_shape else None
     if projects:
-      y = nn.Conv(self.features, (1, 1), (self.strides, self.strides),
-                  use_bias=not self.use_bn, kernel_init=he_init,
-                  dtype=self.dtype, name="proj")(x)
+      y = Conv(self.features, (1, 1), (self.strides, self.strides), 0,
+               not self.use_bn, impl=self.conv_impl, kernel_init=he_init,
+               dtype=self.dtype, name="proj")(x)
       return self._bn(train, "proj_bn")(y)
     if changes_shape:  # option A: subsample, pad channels with zeros
       y = x[:, ::self.strides, ::self.strides]
@@ -185,10 +185,10 @@ class ResidualUnit(nn.Module):
         return residual, short * keep
       mask = jax.random.bernoulli(self.make_rng("dropout"), keep, short.shape)
       return residual, short * mask.astype(short.dtype)
-    gate = nn.sigmoid(nn.Conv(
-        x.shape[-1], (1, 1), kernel_init=he_init, dtype=self.dtype,
+    gate = nn.sigmoid(Conv(
+        x.shape[-1], (1, 1), impl=self.conv_impl, kernel_init=he_init,
         bias_init=nn.initializers.constant(self.gate_bias_init),
-        name="gate")(x))
+        dtype=self.dtype, name="gate")(x))
     if variant == "exclusive_gating":
       return residual * gate, short * (1 - gate)
     return residual, short * (1 - gate)  # shortcut_gating
@@ -243,6 +243,7 @@ class ResNet(nn.Module):
   drop_blocks: Sequence[int] = ()
   block_order: Sequence[int] = ()
   scan_blocks: bool | None = None  # None: scan above SCAN_THRESHOLD blocks
+  conv_impl: str = "auto"  # auto | xla | matmul (see layers.Conv)
   dtype: Any = jnp.float32
   axis_name: str | None = None
 
@@ -254,6 +255,7 @@ class ResNet(nn.Module):
     check_choice("stride_in", self.stride_in, ("1x1", "3x3"))
     check_choice("stochastic_mode", self.stochastic_mode, ("batch", "sample"))
     check_choice("block", self.block, ("", "basic", "bottleneck"))
+    check_choice("conv_impl", self.conv_impl, ("auto", "xla", "matmul"))
     activation(self.activation)
     if not 0.0 < self.survival_prob_last <= 1.0:
       raise ValueError(f"survival_prob_last={self.survival_prob_last} must be "
@@ -298,6 +300,15 @@ class ResNet(nn.Module):
     if self.scan_blocks is None:
       return self.num_blocks >= SCAN_THRESHOLD and not self.block_order
     return self.scan_blocks
+
+  @property
+  def conv_impl_used(self) -> str:
+    """auto: matmul convolutions inside scanned stages on CPU, where XLA's
+    own convolution falls to a slow kernel inside loops."""
+    if self.conv_impl != "auto":
+      return self.conv_impl
+    return "matmul" if self.scanned and jax.default_backend() == "cpu" else (
+        "xla")
 
   def survival_probs(self) -> list[float]:
     """Linear decay p_l = 1 - (l/L)(1 - p_L), l = 1..L (Huang et al.)."""
@@ -382,8 +393,8 @@ class ResNet(nn.Module):
         inner_width=inner, use_bn=self.batch_norm, act=self.activation,
         zero_init_last=self.zero_init_residual,
         stochastic=self.survival_prob_last < 1.0,
-        stochastic_mode=self.stochastic_mode, dtype=self.dtype,
-        axis_name=self.axis_name)
+        stochastic_mode=self.stochastic_mode, conv_impl=self.conv_impl_used,
+        dtype=self.dtype, axis_name=self.axis_name)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -408,15 +419,13 @@ class ResNet(nn.Module):
     width = self._stem_features()
     preact = self.unit in PREACT_UNITS
     if self.stem == "cifar":
-      x = nn.Conv(width, (3, 3), padding=[(1, 1)] * 2, kernel_init=he_init,
-                  use_bias=not self.batch_norm, dtype=self.dtype,
-                  name="stem_conv")(x)
+      x = Conv(width, (3, 3), (1, 1), 1, not self.batch_norm,
+               kernel_init=he_init, dtype=self.dtype, name="stem_conv")(x)
       if preact:  # the first unit's pre-activation does BN-ReLU
         return x
     else:
-      x = nn.Conv(width, (7, 7), (2, 2), padding=[(3, 3)] * 2,
-                  kernel_init=he_init, use_bias=not self.batch_norm,
-                  dtype=self.dtype, name="stem_conv")(x)
+      x = Conv(width, (7, 7), (2, 2), 3, not self.batch_norm,
+               kernel_init=he_init, dtype=self.dtype, name="stem_conv")(x)
     if self.batch_norm:
       x = batch_norm(train, self.dtype, self.axis_name, name="stem_bn")(x)
     x = act(x)

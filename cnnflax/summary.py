@@ -86,7 +86,7 @@ def layer_table(model: nn.Module, image_shape: tuple[int, int, int],
   x = jnp.zeros((1, *image_shape), jnp.float32)
   variables = jax.eval_shape(
       lambda: model.init({"params": jax.random.key(0),
-                          "dropout": jax.random.key(1)}, x, train=False))
+                          "dropout": jax.random.key(1)}, x, train=train))
 
   def apply(variables):
     with nn.intercept_methods(record):

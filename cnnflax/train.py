@@ -292,9 +292,9 @@ class Loop:
     return final
 
   def log(self, step: int) -> None:
-    now = time.perf_counter()
-    seconds, steps = now - self.last_time, step - self.last_log
     sums = _add_up(self.pending)  # the one host sync per log interval
+    now = time.perf_counter()  # after the sync: the steps have finished
+    seconds, steps = now - self.last_time, step - self.last_log
     record = {"step": step, "epoch": round(step / self.run.steps_per_epoch, 4),
               **summarize(sums), "learning_rate": sums["learning_rate"],
               "images_per_sec": round(steps * self.config.batch_size

@@ -60,7 +60,7 @@ def model_info(name: str) -> ModelInfo:
 def get_model(name: str, **fields: Any) -> nn.Module:
   """Builds the named model; `fields` override the registered variant's."""
   info = model_info(name)
-  merged = {**info.fields, **fields}
+  merged = {"num_classes": info.num_classes, **info.fields, **fields}
   _check_fields(name, info.module, merged)
   try:
     return info.module(**merged)

@@ -21,21 +21,8 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
   c = default.get_config()
   c.model.name = "alexnet"
-  c.dataset.name = "imagenet2012"
-  c.dataset.image_size = 227
-  c.dataset.augment = "imagenet"
-  c.dataset.prefetch = 4
+  default.imagenet(c, image_size=227)
   c.batch_size = 128
-  c.eval_batch_size = 500
   c.num_epochs = 90.0
-  c.optimizer.name = "sgd"
-  c.optimizer.learning_rate = 0.01
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 5e-4
-  c.schedule.name = "piecewise"
-  c.schedule.boundaries = (30, 60, 80)
-  c.schedule.boundaries_unit = "epochs"
-  c.schedule.decay_factor = 0.1
-  c.log_every_steps = 100
-  c.checkpoint_every_steps = 5_000
+  default.sgd_steps(c, 0.01, 5e-4, (30, 60, 80))
   return c

@@ -76,3 +76,45 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 500
   c.checkpoints_to_keep = 3
   return c
+
+
+def cifar10(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """CIFAR-10 as the papers train on it: 4-pixel pad, 32x32 crop, flip."""
+  c.dataset.name = "cifar10"
+  c.dataset.image_size = 32
+  c.dataset.augment = "cifar"
+  c.batch_size = 128
+  c.eval_batch_size = 1000
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 2_000
+  return c
+
+
+def imagenet(c: ml_collections.ConfigDict,
+             image_size: int = 224) -> ml_collections.ConfigDict:
+  """ImageNet: random-resized crops and flips, centre crops to evaluate."""
+  c.dataset.name = "imagenet2012"
+  c.dataset.image_size = image_size
+  c.dataset.augment = "imagenet"
+  c.dataset.prefetch = 4
+  c.batch_size = 256
+  c.eval_batch_size = 500
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 5_000
+  return c
+
+
+def sgd_steps(c: ml_collections.ConfigDict, learning_rate: float,
+              weight_decay: float, boundaries: tuple, unit: str = "epochs",
+              momentum: float = 0.9) -> ml_collections.ConfigDict:
+  """SGD with momentum, L2 weight decay and the rate divided by 10 at each
+  boundary: the recipe of most papers here."""
+  c.optimizer.name = "sgd"
+  c.optimizer.learning_rate = learning_rate
+  c.optimizer.momentum = momentum
+  c.optimizer.weight_decay = weight_decay
+  c.schedule.name = "piecewise"
+  c.schedule.boundaries = tuple(boundaries)
+  c.schedule.boundaries_unit = unit
+  c.schedule.decay_factor = 0.1
+  return c

@@ -23,12 +23,7 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
   c = default.get_config()
   c.model.name = "googlenet"
-  c.dataset.name = "imagenet2012"
-  c.dataset.image_size = 224
-  c.dataset.augment = "imagenet"
-  c.dataset.prefetch = 4
-  c.batch_size = 256
-  c.eval_batch_size = 500
+  default.imagenet(c)
   c.num_epochs = 90.0
   c.optimizer.name = "sgd"
   c.optimizer.learning_rate = 0.08
@@ -39,6 +34,4 @@ def get_config() -> ml_collections.ConfigDict:
   c.schedule.decay_every_epochs = 8.0
   c.schedule.warmup_epochs = 2.0
   c.aux_loss_weights = (0.3, 0.3)
-  c.log_every_steps = 100
-  c.checkpoint_every_steps = 5_000
   return c

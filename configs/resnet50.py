@@ -18,21 +18,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   depth = int(arg or 50)
   c = default.get_config()
   c.model.name = f"resnet{depth}"
-  c.dataset.name = "imagenet2012"
-  c.dataset.image_size = 224
-  c.dataset.augment = "imagenet"
-  c.dataset.prefetch = 4
-  c.batch_size = 256
-  c.eval_batch_size = 500
+  default.imagenet(c)
   c.num_epochs = 90.0
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 1e-4
-  c.schedule.name = "piecewise"
-  c.schedule.boundaries = (30, 60)
-  c.schedule.boundaries_unit = "epochs"
+  default.sgd_steps(c, 0.1, 1e-4, (30, 60))
   c.batch_norm_sync = False
-  c.log_every_steps = 100
   c.eval_every_steps = -1
-  c.checkpoint_every_steps = 5_000
   return c

@@ -32,19 +32,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def cifar_recipe(c: ml_collections.ConfigDict) -> None:
   """He et al.'s CIFAR recipe, shared by the residual-family configs."""
-  c.dataset.name = "cifar10"
-  c.dataset.augment = "cifar"
-  c.batch_size = 128
-  c.eval_batch_size = 1000
+  default.cifar10(c)
   c.num_train_steps = 64_000
-  c.optimizer.name = "sgd"
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 1e-4
-  c.schedule.name = "piecewise"
-  c.schedule.boundaries = (32_000, 48_000)
-  c.schedule.boundaries_unit = "steps"
-  c.schedule.decay_factor = 0.1
+  default.sgd_steps(c, 0.1, 1e-4, (32_000, 48_000), unit="steps")
   c.log_every_steps = 100
   c.eval_every_steps = 2_000
   c.checkpoint_every_steps = 2_000

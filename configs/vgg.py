@@ -31,21 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      f"{', '.join(MODELS)}")
   c = default.get_config()
   c.model.name = MODELS[column]
-  c.dataset.name = "imagenet2012"
-  c.dataset.image_size = 224
-  c.dataset.augment = "imagenet"
-  c.dataset.prefetch = 4
-  c.batch_size = 256
-  c.eval_batch_size = 500
+  default.imagenet(c)
   c.num_epochs = 74.0
-  c.optimizer.name = "sgd"
-  c.optimizer.learning_rate = 0.01
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 5e-4
-  c.schedule.name = "piecewise"
-  c.schedule.boundaries = (30, 50, 65)
-  c.schedule.boundaries_unit = "epochs"
-  c.schedule.decay_factor = 0.1
-  c.log_every_steps = 100
-  c.checkpoint_every_steps = 5_000
+  default.sgd_steps(c, 0.01, 5e-4, (30, 50, 65))
   return c

@@ -17,20 +17,7 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
   c = default.get_config()
   c.model.name = "vgg16_cifar"
-  c.dataset.name = "cifar10"
-  c.dataset.image_size = 32
-  c.dataset.augment = "cifar"
-  c.batch_size = 128
-  c.eval_batch_size = 1000
+  default.cifar10(c)
   c.num_epochs = 160.0
-  c.optimizer.name = "sgd"
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 5e-4
-  c.schedule.name = "piecewise"
-  c.schedule.boundaries = (80, 120)
-  c.schedule.boundaries_unit = "epochs"
-  c.schedule.decay_factor = 0.1
-  c.log_every_steps = 100
-  c.checkpoint_every_steps = 2_000
+  default.sgd_steps(c, 0.1, 5e-4, (80, 120))
   return c

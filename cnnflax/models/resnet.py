@@ -13,7 +13,6 @@ Blocks are numbered 0..L-1 over the whole network, in forward order.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -317,8 +316,7 @@ class ResNet(nn.Module):
             for l in range(1, big_l + 1)]
 
   def _check_layout(self) -> None:
-    sizes, widths = self.stage_sizes, self.stage_widths  # raise if bad
-    del sizes
+    widths = self.stage_widths  # raises for a bad depth or widths
     n = self.num_blocks
     bad = [b for b in self.drop_blocks if not 0 <= b < n]
     if bad:
@@ -538,7 +536,7 @@ def unroll_variables(model: ResNet, variables: dict) -> dict:
         continue
       for i in range(n - 1):
         tree[f"stage{stage + 1}_block{i + 2}"] = jax.tree.map(
-            functools.partial(lambda a, i: a[i], i=i), stacked["unit"])
+            lambda a, i=i: a[i], stacked["unit"])
     out[collection] = tree
   return out
 

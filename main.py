@@ -10,7 +10,7 @@ from ml_collections import config_flags
 
 import cnnflax  # noqa: F401  (sets fast XLA defaults before jax starts)
 from cnnflax import train
-from cnnflax.errors import CnnflaxError
+from cnnflax.errors import CnnflaxError, Stopped
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
@@ -25,6 +25,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except Stopped as e:  # preempted or interrupted: resumable, not an error
+    logging.warning("%s", e)
+    print(f"stopped: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
   except CnnflaxError as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

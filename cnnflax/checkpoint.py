@@ -23,7 +23,10 @@ class Checkpoints:
   def __init__(self, directory: str, keep: int, identity: dict[str, Any]):
     self.directory = os.path.abspath(directory)
     self.identity = identity  # what must match to resume (model, dataset ...)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    # Leftover temporary folders (a save cut short by SIGKILL) are never
+    # restored; cleaning them at start keeps the folder tidy.
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "meta"))
 
@@ -31,15 +34,32 @@ class Checkpoints:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, extra: dict | None = None) -> None:
-    """Saves a host copy of the state; orbax writes to a temporary folder and
-    renames it when complete, so a crash never leaves a half checkpoint as the
-    newest one."""
+    """Saves a host copy of the state and waits for it; orbax writes to a
+    temporary folder and renames it when complete, so a crash never leaves a
+    half checkpoint as the newest one."""
     if step in self._manager.all_steps():
       return
     tree = _to_tree(state)
     meta = {**self.identity, "step": int(step), **(extra or {})}
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
+    kept = self.latest_step()
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
+      self._manager.wait_until_finished()
+    except Exception as e:  # e.g. no space left on the device
+      raise self._save_failed(step, kept, e) from None
+
+  def _save_failed(self, step: int, kept: int | None,
+                   error: Exception) -> CheckpointError:
+    """The temporary folder of a failed save never becomes a checkpoint;
+    this says which one a rerun would resume from."""
+    first = str(error).strip().splitlines()[0][:200] if str(error) else ""
+    previous = (f"the previous checkpoint (step {kept}) is kept" if kept
+                is not None else "there is no earlier checkpoint")
+    return CheckpointError(
+        f"saving the checkpoint of step {step} in {self.directory} failed "
+        f"({type(error).__name__}: {first}); {previous}; free space or fix "
+        "the folder, then rerun the same command to resume")
 
   def restore(self, template: Any,
               step: int | None = None) -> tuple[Any, dict[str, Any]]:
@@ -61,11 +81,21 @@ class Checkpoints:
 
   def _check_identity(self, meta: dict, path: str) -> None:
     for key, want in self.identity.items():
-      if key in meta and meta[key] != want:
-        raise CheckpointError(
-            f"checkpoint {path} was written with {key}={meta[key]!r} but this "
-            f"run has {key}={want!r}; use a new --workdir or restore the "
-            "original config")
+      if key not in meta or meta[key] == want:
+        continue
+      if isinstance(want, dict) and isinstance(meta[key], dict):
+        diff = [k for k in sorted({*want, *meta[key]})
+                if want.get(k) != meta[key].get(k)]
+        if "name" in diff:  # another model: its fields differ anyway
+          diff = ["name"]
+        had = ", ".join(f"config.{key}.{k}={meta[key].get(k)!r}"
+                        for k in diff)
+        has = ", ".join(f"config.{key}.{k}={want.get(k)!r}" for k in diff)
+      else:
+        had, has = f"{key}={meta[key]!r}", f"{key}={want!r}"
+      raise CheckpointError(
+          f"checkpoint {path} was written with {had} but this run has "
+          f"{has}; use a new --workdir or restore the original config")
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -160,8 +160,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def check_schedule(config: ml_collections.ConfigDict, boundaries: list[int],
-                   num_steps: int) -> None:
+                   warmup: int, num_steps: int) -> None:
   """Combinations that need the dataset size to check."""
+  if warmup >= num_steps:
+    raise ConfigError(
+        f"config.schedule.warmup_steps/warmup_epochs give {warmup} warm-up "
+        f"steps, not fewer than the {num_steps} training steps; shorten the "
+        "warm-up or train longer")
   for b in boundaries:
     if not 0 < b < num_steps:
       raise ConfigError(

@@ -140,11 +140,27 @@ def make_train_program(model: nn.Module, tx: optax.GradientTransformation,
                           jnp.ones_like(per_example))
     metrics = lax.psum(metrics, AXIS)
     metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
+    # Checked on the host at the next log or save (no sync here).
+    metrics["finite"] = finite_flags(metrics["loss"], grads)
     new_state = state.replace(step=state.step + 1, params=params,
                               batch_stats=batch_stats, opt_state=opt_state)
     return new_state, metrics
 
   return program
+
+
+def finite_flags(loss: jax.Array, grads) -> jax.Array:
+  """[loss finite, each gradient leaf finite] in `gradient_names` order."""
+  flags = [jnp.isfinite(loss)]
+  flags += [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]
+  return jnp.stack(flags)
+
+
+def gradient_names(params) -> list[str]:
+  """Names of the quantities that `finite_flags` checks, in its order."""
+  paths = jax.tree_util.tree_flatten_with_path(params)[0]
+  return ["loss"] + ["gradient of params/" + "/".join(
+      str(getattr(k, "key", k)) for k in path) for path, _ in paths]
 
 
 def make_eval_program(model: nn.Module, preprocess: Callable) -> Callable:

@@ -5,6 +5,7 @@ import json
 import logging as std_logging
 import os
 import queue
+import signal
 import threading
 import time
 from typing import Any, Iterable, Iterator
@@ -18,6 +19,7 @@ from absl import logging
 from cnnflax import checkpoint, data, models, optim
 from cnnflax import step as step_lib
 from cnnflax.config_check import check_config, check_schedule
+from cnnflax.errors import ConfigError, NumericalError, Stopped
 
 
 def build_model(config: ml_collections.ConfigDict, axis_name: str | None):
@@ -27,6 +29,15 @@ def build_model(config: ml_collections.ConfigDict, axis_name: str | None):
   dtype = jnp.bfloat16 if config.half_precision else jnp.float32
   return models.get_model(config.model.name, dtype=dtype, axis_name=axis_name,
                           **fields)
+
+
+def check_classes(config: ml_collections.ConfigDict, model,
+                  dataset_classes: int) -> None:
+  if model.num_classes != dataset_classes:
+    raise ConfigError(
+        f"config.model.num_classes={model.num_classes} but "
+        f"{config.dataset.name} has {dataset_classes} classes; remove the "
+        f"field or set {dataset_classes}")
 
 
 def count_params(params) -> int:
@@ -43,28 +54,70 @@ class Run:
     self.workdir = workdir
     axis = step_lib.AXIS if config.batch_norm_sync else None
     self.model = build_model(config, axis)  # validates the model's fields
+    self.dataset = data.load(config.dataset)
+    check_classes(config, self.model, self.dataset.num_classes)
     self.devices = step_lib.Devices(config.parallelism, devices)
     self.devices.check_batch("batch_size", config.batch_size)
     # Evaluation pads and masks anyway, so its batch just rounds up.
     per_device = -(-config.eval_batch_size // self.devices.count)
     self.eval_batch_size = per_device * self.devices.count
-    self.dataset = data.load(config.dataset)
     self.order = data.TrainOrder(self.dataset.num_train, config.batch_size,
                                  config.seed)
     self.steps_per_epoch = self.order.steps_per_epoch
     self.num_steps = optim.total_steps(config, self.steps_per_epoch)
-    if config.schedule.name == "piecewise":
-      check_schedule(config, optim.boundaries_in_steps(
-          config.schedule, self.steps_per_epoch, self.num_steps),
-                     self.num_steps)
+    bounds = (optim.boundaries_in_steps(config.schedule, self.steps_per_epoch,
+                                        self.num_steps)
+              if config.schedule.name == "piecewise" else [])
+    check_schedule(config, bounds, optim.warmup_steps(
+        config.schedule, self.steps_per_epoch), self.num_steps)
     self.schedule = optim.create_schedule(config, self.steps_per_epoch,
                                           self.num_steps)
     self.tx = optim.create_optimizer(config, self.schedule)
     self.dtype = jnp.bfloat16 if config.half_precision else jnp.float32
 
   def init_state(self) -> step_lib.TrainState:
-    return step_lib.init_state(self.model, self.tx, self.dataset.image_shape,
-                               self.config.seed)
+    try:
+      if self.config.aux_loss_weights:
+        self._check_aux_heads()
+      return step_lib.init_state(self.model, self.tx,
+                                 self.dataset.image_shape, self.config.seed)
+    except (TypeError, ValueError) as e:
+      raise self._input_size_error(e) or e
+
+  def _check_aux_heads(self) -> None:
+    model = self.model.clone(axis_name=None)
+    x = jnp.zeros((1, *self.dataset.image_shape))
+    out = jax.eval_shape(
+        lambda: model.init_with_output(
+            {"params": jax.random.key(0), "dropout": jax.random.key(0)}, x,
+            train=True)[0])
+    heads = len(step_lib.split_outputs(out)[1])
+    weights = tuple(self.config.aux_loss_weights)
+    if len(weights) != heads:
+      raise ConfigError(
+          f"config.aux_loss_weights={weights} gives {len(weights)} weights "
+          f"but {self.config.model.name} has {heads} auxiliary classifiers; "
+          f"give {heads} weights" + (" or ()" if heads else ", i.e. ()"))
+
+  def _input_size_error(self, error: Exception) -> ConfigError | None:
+    """Says so when the model cannot take this image size but can take its
+    paper's (tracing only, nothing compiles)."""
+    info = models.model_info(self.config.model.name)
+    if tuple(info.input_shape[:2]) == tuple(self.dataset.image_shape[:2]):
+      return None
+    try:
+      jax.eval_shape(self.model.clone(axis_name=None).init,
+                     jax.random.key(0),
+                     jnp.zeros((1, *info.input_shape[:2],
+                                self.dataset.image_shape[-1])))
+    except Exception:  # the model fails anyway: not a size problem
+      return None
+    size = "x".join(map(str, self.dataset.image_shape[:2]))
+    first = str(error).strip().splitlines()[0][:160] if str(error) else ""
+    return ConfigError(
+        f"config.dataset.image_size: {size} images are too small for "
+        f"{self.config.model.name} ({type(error).__name__}: {first}); use its "
+        f"paper's size {info.input_shape[0]} or a smaller-input variant")
 
   def train_fn(self):
     pre = data.device_preprocess(self.dataset, self.config.dataset, True,
@@ -165,9 +218,17 @@ def _truncate_after(path: str, step: int) -> None:
   if not os.path.exists(path):
     return
   with open(path) as f:
-    kept = [line for line in f
-            if line.strip() and json.loads(line)["step"] <= step]
+    kept = [line for line in f if _step_of(line) is not None
+            and _step_of(line) <= step]
   _atomic_write(path, "".join(kept))
+
+
+def _step_of(line: str) -> int | None:
+  """The record's step; None for a line cut short by a killed process."""
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError, TypeError):
+    return None
 
 
 def _atomic_write(path: str, text: str) -> None:
@@ -211,8 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   quiet_library_logs()
   step_lib.initialize_distributed()
   run = Run(config, workdir)
-  identity = {"model": config.model.name, "dataset": config.dataset.name,
-              "num_classes": run.dataset.num_classes}
+  identity = run_identity(config, run)
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"),
                                  config.checkpoints_to_keep, identity)
   host_state = jax.device_get(run.init_state())
@@ -241,6 +301,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   return results
 
 
+def run_identity(config: ml_collections.ConfigDict, run: Run) -> dict:
+  """What a checkpoint must share with the run that resumes it."""
+  fields = {f: getattr(run.model, f) for f in models.module_fields(
+      type(run.model)) if f not in ("dtype", "axis_name")}
+  fields["name"] = config.model.name
+  model = json.loads(json.dumps(fields, sort_keys=True, default=str))
+  return {"model": model, "dataset": config.dataset.name,
+          "image_shape": list(run.dataset.image_shape),
+          "num_classes": run.dataset.num_classes}
+
+
 METRIC_SUMS = ("loss", "top1", "top5", "count")
 
 
@@ -255,7 +326,8 @@ class Loop:
     self.config = run.config
     self.wall_before = meta.get("wall_s", 0.0)
     carried = meta.get("log_sums")
-    self.pending = [carried] if carried else []
+    # (step, metrics) since the last log; step None: sums from a checkpoint.
+    self.pending = [(None, carried)] if carried else []
     self.started = time.perf_counter()
     eval_every = self.config.eval_every_steps
     self.eval_every = run.steps_per_epoch if eval_every < 0 else eval_every
@@ -272,27 +344,33 @@ class Loop:
     self.test_arrays = run.devices.replicate(
         data.device_arrays(run.dataset, config.dataset, False))
     train_fn, self.eval_fn = run.train_fn(), run.eval_fn()
+    self.quantities = step_lib.gradient_names(host_state.params)
     batches = prefetch((run.devices.shard(run.train_batch(s))
                         for s in range(start, run.num_steps)),
                        config.dataset.prefetch)
     self.last_log, self.last_time = start, time.perf_counter()
-    for step in range(start + 1, run.num_steps + 1):
-      state, metrics = train_fn(state, self.train_arrays, next(batches))
-      self.pending.append(run.devices.first(metrics))
-      if step == start + 1:
-        logging.info("First step compiled and ran in %.1fs",
-                     time.perf_counter() - self.started)
-      if step % config.log_every_steps == 0 or step == run.num_steps:
-        self.log(step)
-      if step < run.num_steps:
-        self.maybe_evaluate_and_save(step, state, metrics)
-    self.save(run.num_steps, state)
+    with StopSignals() as stop:
+      for step in range(start + 1, run.num_steps + 1):
+        state, metrics = train_fn(state, self.train_arrays, next(batches))
+        self.pending.append((step, run.devices.first(metrics)))
+        if step == start + 1:
+          logging.info("First step compiled and ran in %.1fs",
+                       time.perf_counter() - self.started)
+        if step % config.log_every_steps == 0 or step == run.num_steps:
+          self.log(step)
+        if stop.reached(step) and step < run.num_steps:
+          self.save(step, state)
+          self.ckpts.close()
+          raise Stopped(stop.name, stop.exit_code, step)
+        if step < run.num_steps:
+          self.maybe_evaluate_and_save(step, state, metrics)
+      self.save(run.num_steps, state)
     final = self.evaluate(run.num_steps, state)
     self.ckpts.close()
     return final
 
   def log(self, step: int) -> None:
-    sums = _add_up(self.pending)  # the one host sync per log interval
+    sums = self._fetch_pending()  # the one host sync per log interval
     now = time.perf_counter()  # after the sync: the steps have finished
     seconds, steps = now - self.last_time, step - self.last_log
     record = {"step": step, "epoch": round(step / self.run.steps_per_epoch, 4),
@@ -322,21 +400,86 @@ class Loop:
 
   def save(self, step: int, state) -> None:
     extra = {"wall_s": self.wall_s()}
-    if self.pending:
-      extra["log_sums"] = _add_up(self.pending)
+    if self.pending:  # also checks that these steps stayed finite
+      extra["log_sums"] = self._fetch_pending()
     self.ckpts.save(step, self.run.devices.fetch(state), extra)
+
+  def _fetch_pending(self) -> dict[str, float]:
+    """Host sums of the pending steps, after checking they were finite."""
+    host = jax.device_get([m for _, m in self.pending])
+    for (step, _), metrics in zip(self.pending, host):
+      if step is not None and not np.all(metrics["finite"]):
+        raise self._numerical_error(step, metrics)
+    return _add_up(host)
+
+  def _numerical_error(self, step: int, metrics: dict) -> NumericalError:
+    first = int(np.argmin(metrics["finite"]))
+    what = self.quantities[first]
+    if first == 0:
+      count = max(float(metrics["count"]), 1.0)
+      what = f"loss ({float(metrics['loss']) / count})"
+    latest = self.ckpts.latest_step()
+    kept = (f"the last good checkpoint (step {latest}) is kept"
+            if latest is not None else "no checkpoint was written")
+    return NumericalError(
+        f"step {step}: {what} is not finite, the first non-finite quantity; "
+        f"training stopped and {kept}; lower config.optimizer.learning_rate, "
+        "add config.schedule.warmup_steps, or check the input data")
 
   def evaluate(self, step: int, state) -> dict[str, float]:
     return _eval_and_write(self.run, self.eval_fn, state, self.test_arrays,
                            self.writer, step)
 
 
-def _add_up(pending: list) -> dict[str, float]:
-  """Sums per-step metric sums (device or host); keeps the last rate."""
-  host = jax.device_get(pending)
+def _add_up(host: list) -> dict[str, float]:
+  """Sums per-step metric sums (host values); keeps the last rate."""
   sums = {k: float(sum(float(m[k]) for m in host)) for k in METRIC_SUMS}
   sums["learning_rate"] = float(host[-1]["learning_rate"])
   return sums
+
+
+class StopSignals:
+  """SIGTERM (preemption) and SIGINT (Ctrl-C) ask the loop to save and stop.
+
+  The handler only sets a flag, checked once per step on the host. With
+  several hosts, jax's preemption sync point makes all of them stop at the
+  same step (it needs no signal handler of ours; Ctrl-C then just kills).
+  A second Ctrl-C aborts.
+  """
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.name, self.exit_code = "", 0
+    self._previous = {}
+
+  def __enter__(self) -> "StopSignals":
+    # Several hosts: jax's own SIGTERM notifier must stay installed.
+    if (jax.process_count() == 1
+        and threading.current_thread() is threading.main_thread()):
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def _handle(self, signum, frame) -> None:
+    if self.name and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.name = signal.Signals(signum).name
+    self.exit_code = 128 + signum
+    logging.warning("%s received: saving a checkpoint and stopping",
+                    self.name)
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.name, self.exit_code = self.name or "SIGTERM", 143
+        return True
+      return False
+    return bool(self.name)
 
 
 def _eval_and_write(run, eval_fn, state, test_arrays, writer, step):

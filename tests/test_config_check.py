@@ -12,6 +12,7 @@ def test_rule_table_covers_exactly_the_default_config():
       config_check.FIELDS)
 
 
+RESNET = {"model.name": "resnet20_cifar", "dataset.synthetic_channels": 3}
 BAD = [
     ({"batch_size": 0}, "config.batch_size=0 is not valid; it must be >= 1"),
     ({"batch_size": 16.5}, "config.batch_size=16.5 is not valid; it must be a whole number"),
@@ -32,6 +33,35 @@ BAD = [
     ({"checkpoints_to_keep": 0}, "config.checkpoints_to_keep=0"),
     ({"batchsize": 3}, "config.batchsize is not a known field; did you mean config.batch_size?"),
     ({"model.name": "resnet9000"}, "not a registered model"),
+    ({"optimizer.grad_clip_norm": -1.0}, "config.optimizer.grad_clip_norm=-1.0"),
+    ({"optimizer.weight_decay": -1.0}, "config.optimizer.weight_decay=-1.0"),
+    ({"optimizer.epsilon": 0.0}, "config.optimizer.epsilon=0.0"),
+    ({"schedule.decay_factor": 0.0}, "config.schedule.decay_factor=0.0"),
+    ({"schedule.boundaries_unit": "hours"}, "choose one of: steps, epochs, fraction"),
+    ({"schedule.warmup_steps": 100}, "give 100 warm-up steps, not fewer than the 6 training steps"),
+    ({"dataset.crop_padding": -1}, "config.dataset.crop_padding=-1"),
+    ({"batch_size": 12}, "config.batch_size=12 is not divisible by the 8 devices"),
+    ({"seed": -1}, "config.seed=-1"),
+    ({"log_every_steps": 0}, "config.log_every_steps=0"),
+    # The model's own fields and the combinations it cannot take.
+    ({"model.depht": 3}, "config.model.depht: model 'lenet5_modern' has no field 'depht'"),
+    ({"model.activation": "gelu2"}, "activation='gelu2' is unknown"),
+    ({"model.num_classes": 100}, "config.model.num_classes=100 but synthetic has 10 classes"),
+    ({**RESNET, "model.depth": 21}, "depth=21 is not 6n+2"),
+    ({**RESNET, "model.shortcut": "D"}, "shortcut='D' is not valid; choose one of: A, B, C"),
+    ({**RESNET, "model.unit": "preact"}, "unit='preact' is not valid"),
+    ({**RESNET, "model.plain": True, "model.shortcut": "C"}, "shortcut='C' needs shortcuts; plain=True has none"),
+    ({**RESNET, "model.plain": True, "model.shortcut_variant": "shortcut_gating"}, "needs shortcuts"),
+    ({**RESNET, "model.cardinality": 32}, "cardinality=32 needs bottleneck blocks"),
+    ({**RESNET, "model.survival_prob_last": 1.5}, "survival_prob_last=1.5 must be in (0, 1]"),
+    ({**RESNET, "model.drop_blocks": (99,)}, "drop_blocks=(99,) names blocks outside 0..8"),
+    ({**RESNET, "model.widths": (16, 32)}, "needs one width per stage"),
+    # Found while tracing the model (before anything compiles).
+    ({"model.name": "vgg16", "dataset.synthetic_channels": 3, "dataset.image_size": 16},
+     "config.dataset.image_size: 16x16 images are too small for vgg16"),
+    ({"model.name": "googlenet", "dataset.synthetic_channels": 3, "dataset.image_size": 32},
+     "config.dataset.image_size: 32x32 images are too small for googlenet"),
+    ({"aux_loss_weights": (0.3, 0.3)}, "lenet5_modern has 0 auxiliary classifiers"),
 ]
 
 
@@ -39,7 +69,7 @@ BAD = [
 def test_bad_config_gets_a_one_line_error(overrides, message):
   config = tiny_config(**overrides)
   with pytest.raises(ConfigError) as info:
-    train.Run(config, "")
+    train.Run(config, "").init_state()
   assert message in str(info.value)
   assert "\n" not in str(info.value)
 

@@ -108,7 +108,9 @@ def test_resume_with_another_model_is_refused(tmp_path):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(tiny_config(), workdir)
   other = tiny_config(**{"model.name": "lenet5"})
-  with pytest.raises(CheckpointError, match="model='lenet5_modern'"):
+  with pytest.raises(CheckpointError, match=(
+      "config.model.name='lenet5_modern' but this run has "
+      "config.model.name='lenet5';")):
     train.train_and_evaluate(other, workdir)
 
 

@@ -1,0 +1,152 @@
+"""Runs survive preemption, NaNs, failed saves and cut-short logs, and the
+same config gives the same bits."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from cnnflax import train
+from cnnflax.errors import CheckpointError, NumericalError, Stopped
+from tests.conftest import ROOT, tiny_config
+from tests.test_cli import TINY
+from tests.test_train import final_params, read_jsonl
+
+
+def outputs(workdir):
+  """Everything a run reports, minus wall-clock figures."""
+  metrics = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  for m in metrics:
+    m.pop("images_per_sec")
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  results.pop("wall_s")
+  return metrics, read_jsonl(os.path.join(workdir, "eval.jsonl")), results
+
+
+def assert_same_params(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_same_config_gives_identical_bits(tmp_path):
+  config = tiny_config(**{"model.name": "resnet20_cifar",
+                          "dataset.synthetic_channels": 3})
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  train.train_and_evaluate(config, one)
+  train.train_and_evaluate(config, two)
+  assert outputs(one) == outputs(two)
+  assert_same_params(final_params(one, config), final_params(two, config))
+
+
+def test_sigterm_saves_then_resume_is_exact(tmp_path, monkeypatch):
+  config = tiny_config()
+  whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
+  train.train_and_evaluate(config, whole)
+  log = train.Loop.log
+
+  def log_then_preempt(self, step):
+    log(self, step)
+    if step == 2:  # the scheduler's signal arrives mid-run
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(train.Loop, "log", log_then_preempt)
+  with pytest.raises(Stopped) as info:
+    train.train_and_evaluate(config, cut)
+  assert info.value.step == 2 and info.value.exit_code == 128 + 15
+  assert sorted(os.listdir(os.path.join(cut, "checkpoints"))) == ["2"]
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+  monkeypatch.setattr(train.Loop, "log", log)
+  train.train_and_evaluate(config, cut)
+  assert outputs(whole) == outputs(cut)
+  assert_same_params(final_params(whole, config), final_params(cut, config))
+
+
+def test_sigterm_from_outside_exits_143_and_resumes(tmp_path):
+  """The real signal, delivered to `main.py` while it trains."""
+  args = [sys.executable, "main.py", "--config=configs/default.py",
+          f"--workdir={tmp_path}", *TINY, "--config.num_train_steps=100000",
+          "--config.checkpoint_every_steps=100000"]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  proc = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.PIPE,
+                          text=True)
+  metrics = tmp_path / "metrics.jsonl"
+  deadline = time.time() + 240
+  while not metrics.exists() and time.time() < deadline:
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=240)
+  assert proc.returncode == 143, stderr[-2000:]
+  assert "stopped: stopped by SIGTERM at step" in stderr
+  saved = os.listdir(tmp_path / "checkpoints")
+  assert len(saved) == 1 and int(saved[0]) >= 2
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = tiny_config(**{"optimizer.learning_rate": 1e30,
+                          "num_train_steps": 40, "checkpoint_every_steps": 1,
+                          "log_every_steps": 20, "eval_every_steps": 0})
+  workdir = str(tmp_path / "run")
+  with pytest.raises(NumericalError) as info:
+    train.train_and_evaluate(config, workdir)
+  message = str(info.value)
+  bad_step = int(message.split(":")[0].removeprefix("step "))
+  assert "is not finite, the first non-finite quantity" in message
+  assert "loss (" in message or "gradient of params/" in message
+  assert f"the last good checkpoint (step {bad_step - 1}) is kept" in message
+  state = final_params(workdir, config)
+  assert int(state.step) == bad_step - 1
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+  config = tiny_config()
+  workdir = str(tmp_path / "run")
+  save = ocp.CheckpointManager.save
+
+  def full_disk(self, step, *args, **kwargs):
+    if step == 6:
+      raise OSError(28, "No space left on device")
+    return save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+  with pytest.raises(CheckpointError) as info:
+    train.train_and_evaluate(config, workdir)
+  assert ("saving the checkpoint of step 6" in str(info.value)
+          and "No space left on device" in str(info.value)
+          and "the previous checkpoint (step 3) is kept" in str(info.value))
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3"]
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+  train.train_and_evaluate(config, workdir)  # resumes from step 3
+  whole = str(tmp_path / "whole")
+  train.train_and_evaluate(config, whole)
+  assert outputs(whole) == outputs(workdir)
+
+
+def test_log_line_cut_by_sigkill_is_dropped_on_resume(tmp_path):
+  config = tiny_config()
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path) as f:
+    lines = f.readlines()
+  with open(path, "w") as f:  # killed while writing step 6's record
+    f.writelines(lines[:-1] + [lines[-1][:17]])
+  train._truncate_after(path, 4)
+  assert [m["step"] for m in read_jsonl(path)] == [2, 4]
+
+
+def test_resume_with_other_model_fields_is_refused(tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(tiny_config(), workdir)
+  with pytest.raises(CheckpointError, match=(
+      "written with config.model.activation='relu' but this run has "
+      "config.model.activation='tanh'")):
+    train.train_and_evaluate(tiny_config(**{"model.activation": "tanh"}),
+                             workdir)

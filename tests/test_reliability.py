@@ -2,6 +2,7 @@
 same config gives the same bits."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -150,3 +151,21 @@ def test_resume_with_other_model_fields_is_refused(tmp_path):
       "config.model.activation='tanh'")):
     train.train_and_evaluate(tiny_config(**{"model.activation": "tanh"}),
                              workdir)
+
+
+def test_half_written_checkpoint_is_never_restored(tmp_path):
+  config = tiny_config(num_train_steps=9)
+  whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
+  train.train_and_evaluate(config, whole)
+  train.train_and_evaluate(config, cut)
+  # What SIGKILL leaves when it lands during orbax's write of step 9.
+  folder = os.path.join(cut, "checkpoints")
+  shutil.rmtree(os.path.join(folder, "9"))
+  os.remove(os.path.join(cut, "results.json"))
+  half = os.path.join(folder, "9.orbax-checkpoint-tmp-1763800000")
+  os.makedirs(os.path.join(half, "state"))
+  with open(os.path.join(half, "state", "_METADATA"), "w") as f:
+    f.write('{"tree_metadata": {')
+  train.train_and_evaluate(config, cut)  # resumes from step 6
+  assert sorted(os.listdir(folder)) == ["3", "6", "9"]
+  assert outputs(whole) == outputs(cut)

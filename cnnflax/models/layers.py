@@ -98,6 +98,46 @@ def check_at_least(field: str, value: int, minimum: int) -> None:
                      f">= {minimum}")
 
 
+# --- residual unit wrappers --------------------------------------------------
+
+
+def drop_path(module: nn.Module, branch: jax.Array, survival: Any,
+              train: bool, per_sample: bool = False) -> jax.Array:
+  """Stochastic depth (Huang et al. 2016): in training the whole branch is
+  kept with probability `survival` (for the mini-batch, or for each example
+  with `per_sample`), else zeroed; at test it is scaled by `survival`.
+  `module` supplies the "dropout" RNG stream."""
+  p = jnp.asarray(survival, branch.dtype)
+  if not train:
+    return branch * p
+  shape = (branch.shape[0],) + (1,) * (branch.ndim - 1) if per_sample else ()
+  alive = jax.random.bernoulli(module.make_rng("dropout"), p, shape)
+  return branch * alive.astype(branch.dtype)
+
+
+def residual_merge(module: nn.Module, branch: jax.Array,
+                   shortcut: jax.Array | None, train: bool, *,
+                   scale: Any = 1.0, survival: Any = None,
+                   per_sample: bool = False,
+                   after: Callable[[jax.Array], jax.Array] | None = None
+                   ) -> jax.Array:
+  """The end of every residual unit: after(shortcut + scale * branch).
+
+  `survival`: None, or stochastic depth's keep probability (`drop_path`);
+  `scale`: a number or an array (Inception-ResNet's residual scaling, a
+  lesion's 0/1); `shortcut=None`: a plain unit, no addition; `after`: what
+  follows the addition (an activation, BN then activation, or nothing).
+  A plain function, so the caller's parameter names and RNG stream stay
+  its own.
+  """
+  if survival is not None:
+    branch = drop_path(module, branch, survival, train, per_sample)
+  if not (isinstance(scale, (int, float)) and scale == 1.0):
+    branch = branch * jnp.asarray(scale, branch.dtype)
+  y = branch if shortcut is None else branch + shortcut
+  return y if after is None else after(y)
+
+
 class LRN(nn.Module):
   """Local response normalisation across channels (Krizhevsky et al. 2012):
 
@@ -176,8 +216,11 @@ def caffe_pool(x: jax.Array, kind: str, window: int, stride: int) -> jax.Array:
 class Conv(nn.Module):
   """A convolution with nn.Conv's parameters (kernel HWIO, bias) and two
   implementations of the same maths: `impl="xla"` (lax.conv) or
-  `impl="matmul"` (patches x one matmul). Inside a scanned loop XLA:CPU runs
-  lax.conv with a naive kernel, about 20x slower than the matmul form."""
+  `impl="matmul"` (patches x one matmul; for a depthwise convolution,
+  groups == in == out channels, the patches weighted per channel and summed).
+  Inside a scanned loop XLA:CPU runs lax.conv with a naive kernel, about 20x
+  slower than the matmul form; its depthwise convolutions (training step,
+  scanned or not) are 7-30x slower than the weighted sum."""
   features: int
   kernel_size: tuple[int, int] = (3, 3)
   strides: tuple[int, int] = (1, 1)
@@ -196,8 +239,11 @@ class Conv(nn.Module):
                         (kh, kw, x.shape[-1] // self.groups, self.features))
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
+    depthwise = self.groups == x.shape[-1] == self.features
     if self.impl == "matmul" and self.groups == 1:
       y = self._matmul(x, kernel)
+    elif self.impl == "matmul" and depthwise:
+      y = sum(w * kernel[i, j, 0] for (i, j), w in self._windows(x, kernel))
     else:
       p = self.padding
       y = jax.lax.conv_general_dilated(
@@ -209,23 +255,58 @@ class Conv(nn.Module):
                          (self.features,)).astype(self.dtype)
     return y
 
-  def _matmul(self, x, kernel):
-    kh, kw, cin, cout = kernel.shape
+  def _windows(self, x, kernel):
+    """((i, j), the input under kernel tap (i, j) at every output place)."""
+    kh, kw = kernel.shape[:2]
     sh, sw = self.strides
     p = self.padding
     if p:
       x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
     oh = (x.shape[1] - kh) // sh + 1
     ow = (x.shape[2] - kw) // sw + 1
-    if (kh, kw) == (1, 1):
-      patches = x[:, ::sh, ::sw][:, :oh, :ow]
-    else:
-      patches = jnp.concatenate(
-          [x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
-           for i in range(kh) for j in range(kw)], axis=-1)
+    rows, cols = sh * (oh - 1) + 1, sw * (ow - 1) + 1
+    return [((i, j), x[:, i:i + rows:sh, j:j + cols:sw])
+            for i in range(kh) for j in range(kw)]
+
+  def _matmul(self, x, kernel):
+    kh, kw, cin, cout = kernel.shape
+    windows = [w for _, w in self._windows(x, kernel)]
+    patches = windows[0] if len(windows) == 1 else jnp.concatenate(
+        windows, axis=-1)
     return patches @ kernel.reshape(kh * kw * cin, cout)
 
   def flops_per_image(self, output) -> int:
     kernel = self.variables["params"]["kernel"].shape
     return int(output.shape[1] * output.shape[2] * output.shape[3]
                * kernel[0] * kernel[1] * kernel[2])
+
+
+class DepthwiseSeparable(nn.Module):
+  """A 3x3 depthwise convolution (one filter per channel), BN, activation,
+  then a 1x1 pointwise convolution to `features` maps, BN, activation
+  (MobileNet v1, Fig. 3). MobileNet v2's inverted residual ends with it,
+  the pointwise one linear (`pointwise_act="identity"`)."""
+  features: int
+  strides: int = 1
+  act: str = "relu"
+  pointwise_act: str = "relu"
+  impl: str = "xla"  # see Conv
+  kernel_init: Callable = nn.initializers.variance_scaling(
+      2.0, "fan_out", "normal")
+  dtype: Dtype = jnp.float32
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    channels = x.shape[-1]
+    s = self.strides
+    x = Conv(channels, (3, 3), (s, s), 1, use_bias=False, groups=channels,
+             impl=self.impl, kernel_init=self.kernel_init, dtype=self.dtype,
+             name="depthwise")(x)
+    x = batch_norm(train, self.dtype, self.axis_name, name="depthwise_bn")(x)
+    x = activation(self.act)(x)
+    x = Conv(self.features, (1, 1), use_bias=False, impl=self.impl,
+             kernel_init=self.kernel_init, dtype=self.dtype,
+             name="pointwise")(x)
+    x = batch_norm(train, self.dtype, self.axis_name, name="pointwise_bn")(x)
+    return activation(self.pointwise_act)(x)

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from cnnflax.models import register_model
-from cnnflax.models.layers import Conv, activation, batch_norm, check_choice
+from cnnflax.models.layers import (Conv, activation, batch_norm, check_choice,
+                                   residual_merge)
 
 UNITS = ("original", "bn_after_add", "relu_before_add", "relu_only_preact",
          "full_preact")
@@ -91,11 +92,11 @@ class ResidualUnit(nn.Module):
     residual = self._branch(x, train, act, skip_first_pre=shared_pre)
     if not (changes_shape or projects):
       residual, short = self._mix(x, residual, short, train)
-    residual = self._stochastic(residual, train, survival)
-    if not isinstance(keep, float):
-      residual = residual * keep.astype(residual.dtype)
-    return self._after_add(residual if self.plain else residual + short,
-                           train, act)
+    return residual_merge(
+        self, residual, None if self.plain else short, train,
+        scale=keep, survival=survival if self.stochastic else None,
+        per_sample=self.stochastic_mode == "sample",
+        after=lambda y: self._after_add(y, train, act))
 
   def _after_add(self, y, train, act):
     if self.unit == "original":
@@ -191,18 +192,6 @@ class ResidualUnit(nn.Module):
     if variant == "exclusive_gating":
       return residual * gate, short * (1 - gate)
     return residual, short * (1 - gate)  # shortcut_gating
-
-  def _stochastic(self, residual, train, survival):
-    """Stochastic depth: drop the branch while training, scale at test."""
-    if not self.stochastic:
-      return residual
-    p = jnp.asarray(survival, residual.dtype)
-    if not train:
-      return residual * p
-    shape = ((residual.shape[0], 1, 1, 1) if self.stochastic_mode == "sample"
-             else ())
-    alive = jax.random.bernoulli(self.make_rng("dropout"), p, shape)
-    return residual * alive.astype(residual.dtype)
 
 
 class ScannedUnits(nn.Module):
@@ -353,9 +342,14 @@ class ResNet(nn.Module):
     if self.zero_init_residual and self.unit == "full_preact":
       raise ValueError("zero_init_residual=True needs a unit whose branch "
                        "ends in BatchNorm; full_preact ends in a conv")
-    if self.shortcut_variant != "identity" and self.plain:
-      raise ValueError(f"shortcut_variant={self.shortcut_variant!r} needs "
-                       "shortcuts; plain=True has none")
+    if self.plain and (self.shortcut_variant != "identity"
+                       or self.shortcut == "C"):
+      field = ("shortcut='C'" if self.shortcut == "C" else
+               f"shortcut_variant={self.shortcut_variant!r}")
+      raise ValueError(f"{field} needs shortcuts; plain=True has none")
+    if self.cardinality > 1 and self.block_kind != "bottleneck":
+      raise ValueError(f"cardinality={self.cardinality} needs bottleneck "
+                       "blocks (ResNeXt); set block='bottleneck'")
 
   def _stem_features(self) -> int:
     return self.stem_width or self.stage_widths[0]

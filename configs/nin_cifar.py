@@ -10,6 +10,11 @@ divided by 10 at epochs 60 and 90, 120 epochs; 4-pixel pad, 32x32 crop,
 flip. The paper whitened the images (global contrast normalisation + ZCA);
 we normalise each channel.
 
+With He initialisation the paper's net (no BatchNorm) does not start in
+this recipe: its ReLU'd class maps die and the loss stays at ln 10 (seen in
+short runs; the authors' Caffe net used hand-set Gaussian stds and per-layer
+learning rates). `--config.model.batch_norm=True` trains from the start.
+
   python main.py --config=configs/nin_cifar.py --workdir=runs/nin_cifar \
       --config.dataset.data_dir=../shared/data/cifar10
 """

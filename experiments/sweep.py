@@ -170,10 +170,11 @@ def write_slurm(runs: Sequence[Run], root: str, budget: float,
   return path
 
 
-def header(title: str, budget: float, dataset: str, argv: Sequence[str],
-           note: str = "") -> str:
-  """The lines that say how a table was made."""
-  setting = ("the papers' full schedules" if budget == 1.0 else
+def header(title: str, budget: float | None, dataset: str,
+           argv: Sequence[str], note: str = "") -> str:
+  """The lines that say how a table was made (budget None: no training)."""
+  setting = ("none: nothing is trained" if budget is None else
+             "the papers' full schedules" if budget == 1.0 else
              f"{budget:g} of the papers' schedules (NOT the paper's setting)")
   lines = [f"# {title}", "",
            f"- budget: {setting}",

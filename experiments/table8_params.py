@@ -21,9 +21,9 @@ flags.DEFINE_list("models", [], "Models to count; empty: every registered one.")
 flags.DEFINE_string("out", "table8_params.md", "File under experiments/results.")
 FLAGS = flags.FLAGS
 
-COLUMNS = ["model", "input", "classes", "params (ours)", "params (reference)",
-           "diff %", "mult-adds (ours)", "mult-adds (reference)", "diff %",
-           "paper"]
+COLUMNS = ["model", "input", "classes", "params (ours)",
+           "params (standard code)", "params (paper)", "diff to paper %",
+           "mult-adds (ours)", "mult-adds (published)", "diff %", "paper"]
 
 
 def percent(ours: int, ref: float | None) -> str:
@@ -34,11 +34,12 @@ def row(name: str) -> list:
   info = models.model_info(name)
   model = models.get_model(name, num_classes=info.num_classes)
   counted = summary.count(model, info.input_shape)
-  ref_params = info.params or info.params_paper
+  exact, paper = info.params, info.params_paper
   return [name, "x".join(map(str, info.input_shape)), info.num_classes,
           f"{counted['params']:,}",
-          "-" if ref_params is None else f"{ref_params:,.0f}",
-          percent(counted["params"], ref_params),
+          "-" if exact is None else f"{exact:,}",
+          "-" if paper is None else f"{paper / 1e6:,.2f}M",
+          percent(counted["params"], paper),
           f"{counted['flops'] / 1e6:,.1f}M",
           "-" if info.flops is None else f"{info.flops / 1e6:,.1f}M",
           percent(counted["flops"], info.flops), info.paper]
@@ -48,9 +49,10 @@ def build(names: list[str], argv: list[str]) -> str:
   rows = [row(n) for n in names]
   text = sweep.header(
       "Table 8: parameters and mult-adds of every registered model",
-      1.0, "none (counted, not trained)", argv,
-      note="reference = the exact count of the standard implementation "
-      "where the registry has one, else the paper's rounded figure")
+      None, "none (counted by cnnflax.summary, abstract evaluation)", argv,
+      note="standard code = the exact count of the reference implementation "
+      "the registry names (torchvision, timm, the authors' code) or, where "
+      "none exists, ours; paper = the paper's rounded figure")
   return text + sweep.markdown_table(COLUMNS, rows)
 
 

@@ -69,9 +69,10 @@ def test_table8_puts_our_counts_beside_the_references():
   text = table8_params.build(["lenet5", "mobilenet_v2"], ["t8.py"])
   lines = {l.split(" | ")[0].strip("| "): l for l in text.splitlines()
            if l.startswith("| ")}
-  assert "| 60,850 | 60,850 | +0.00 |" in lines["lenet5"]
-  assert "3,504,872 | 3,504,872 | +0.00" in lines["mobilenet_v2"]
-  assert "300.8M" in lines["mobilenet_v2"]
+  assert "| 60,850 | 60,850 | 0.06M | +1.42 |" in lines["lenet5"]
+  assert "| 3,504,872 | 3,504,872 | - | - | 300.8M | 300.0M | +0.26 |" in (
+      lines["mobilenet_v2"])
+  assert "- budget: none: nothing is trained" in text
 
 
 def test_table1_collects_and_plots_tiny_runs(tmp_path):

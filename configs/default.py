@@ -104,6 +104,26 @@ def imagenet(c: ml_collections.ConfigDict,
   return c
 
 
+def exponential_rmsprop(c: ml_collections.ConfigDict,
+                        decay_factor: float = 0.94,
+                        decay_every_epochs: float = 2.0
+                        ) -> ml_collections.ConfigDict:
+  """Inception v3's RMSProp recipe, which the MobileNets reuse: rate 0.045,
+  decay 0.9, momentum 0.9, epsilon 1.0, L2 4e-5 on the weights only, the
+  rate times `decay_factor` every `decay_every_epochs`."""
+  c.optimizer.name = "rmsprop"
+  c.optimizer.learning_rate = 0.045
+  c.optimizer.rmsprop_decay = 0.9
+  c.optimizer.epsilon = 1.0
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 4e-5
+  c.optimizer.decay_bias_and_bn = False
+  c.schedule.name = "exponential"
+  c.schedule.decay_factor = decay_factor
+  c.schedule.decay_every_epochs = decay_every_epochs
+  return c
+
+
 def sgd_steps(c: ml_collections.ConfigDict, learning_rate: float,
               weight_decay: float, boundaries: tuple, unit: str = "epochs",
               momentum: float = 0.9) -> ml_collections.ConfigDict:

@@ -31,17 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   default.imagenet(c, image_size=299)
   c.batch_size = 256
   c.num_epochs = 100.0
-  c.optimizer.name = "rmsprop"
-  c.optimizer.learning_rate = 0.045
-  c.optimizer.rmsprop_decay = 0.9
-  c.optimizer.epsilon = 1.0
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 4e-5
-  c.optimizer.decay_bias_and_bn = False
+  default.exponential_rmsprop(c)
   c.optimizer.grad_clip_norm = 2.0
-  c.schedule.name = "exponential"
-  c.schedule.decay_factor = 0.94
-  c.schedule.decay_every_epochs = 2.0
   c.label_smoothing = 0.1
   c.aux_loss_weights = (0.4,)
   return c

@@ -53,14 +53,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.width_multiplier = alpha
   default.imagenet(c, image_size=size)
   c.num_epochs = 100.0
-  c.optimizer.name = "rmsprop"
-  c.optimizer.learning_rate = 0.045
-  c.optimizer.rmsprop_decay = 0.9
-  c.optimizer.epsilon = 1.0
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 4e-5
-  c.optimizer.decay_bias_and_bn = False
-  c.schedule.name = "exponential"
-  c.schedule.decay_factor = 0.94
-  c.schedule.decay_every_epochs = 2.0
+  default.exponential_rmsprop(c)
   return c

@@ -23,6 +23,8 @@ import time
 
 from absl import app, flags
 
+import sweep
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -96,21 +98,6 @@ def interrupted_run(workdir: str, rng: random.Random) -> list[dict]:
   return kills
 
 
-def outputs(workdir: str) -> dict:
-  def jsonl(name):
-    with open(os.path.join(workdir, name)) as f:
-      rows = [json.loads(line) for line in f]
-    for r in rows:
-      r.pop("images_per_sec", None)
-    return rows
-
-  with open(os.path.join(workdir, "results.json")) as f:
-    results = json.load(f)
-  results.pop("wall_s")
-  return {"metrics": jsonl("metrics.jsonl"), "eval": jsonl("eval.jsonl"),
-          "results": results}
-
-
 def final_params(workdir: str):
   import jax
   import numpy as np
@@ -141,7 +128,7 @@ def main(argv):
           f"{k['logged_step']:>6} {str(k['checkpoint_before']):>11} "
           f"{str(k['checkpoint_after']):>10} {max(lost, 0):>4}  "
           f"{' '.join(k['said'])[:100]}")
-  same_logs = outputs(whole) == outputs(cut)
+  same_logs = sweep.run_outputs(whole) == sweep.run_outputs(cut)
   same_params = all(np.array_equal(a, b) for a, b in
                     zip(final_params(whole), final_params(cut), strict=True))
   print(f"metrics, evaluations and results identical: {same_logs}")

@@ -130,12 +130,29 @@ def results(root: str, run: Run) -> dict | None:
     return json.load(f)
 
 
-def read_jsonl(root: str, run: Run, name: str) -> list[dict]:
-  path = os.path.join(root, run.name, name)
+def _jsonl(path: str) -> list[dict]:
   if not os.path.exists(path):
     return []
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def read_jsonl(root: str, run: Run, name: str) -> list[dict]:
+  return _jsonl(os.path.join(root, run.name, name))
+
+
+def run_outputs(workdir: str) -> dict:
+  """Everything a finished run reports, minus wall-clock figures: what two
+  runs of the same config must agree on."""
+  metrics = _jsonl(os.path.join(workdir, "metrics.jsonl"))
+  for m in metrics:
+    m.pop("images_per_sec", None)
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  results.pop("wall_s")
+  return {"metrics": metrics,
+          "eval": _jsonl(os.path.join(workdir, "eval.jsonl")),
+          "results": results}
 
 
 def run_locally(runs: Sequence[Run], root: str, budget: float,

@@ -74,7 +74,7 @@ def test_two_processes_match_one_with_eight_devices(tmp_path):
   train.train_and_evaluate(tiny_config(**{**RUN, "num_train_steps": 9}), one)
   launch(two, 2, num_train_steps=9)
   assert_close(outputs(one), outputs(two))
-  assert [m["step"] for m in outputs(two)[0]] == [2, 4, 6, 8, 9]
+  assert [m["step"] for m in outputs(two)["metrics"]] == [2, 4, 6, 8, 9]
   config = tiny_config(**{**RUN, "num_train_steps": 9})
   assert_close(final_params(one, config).params,
                final_params(two, config).params)

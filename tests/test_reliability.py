@@ -1,6 +1,5 @@
 """Runs survive preemption, NaNs, failed saves and cut-short logs, and the
 same config gives the same bits."""
-import json
 import os
 import shutil
 import signal
@@ -20,15 +19,8 @@ from tests.test_cli import TINY
 from tests.test_train import final_params, read_jsonl
 
 
-def outputs(workdir):
-  """Everything a run reports, minus wall-clock figures."""
-  metrics = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-  for m in metrics:
-    m.pop("images_per_sec")
-  with open(os.path.join(workdir, "results.json")) as f:
-    results = json.load(f)
-  results.pop("wall_s")
-  return metrics, read_jsonl(os.path.join(workdir, "eval.jsonl")), results
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+from sweep import run_outputs as outputs  # noqa: E402
 
 
 def assert_same_params(a, b):

@@ -3,13 +3,14 @@
   python -m cnnflax.benchmark --config=configs/default.py --steps=50
 
 Prints one JSON line: images_per_sec (steps run back to back, one sync at the
-end), step_ms median/min/max (each step synced), compile_s (XLA compilation
-of the train step), trace_s (tracing and lowering it), init_s (jitted
-initialisation, compile included), devices, batch_size, peak memory where
-the backend reports it, and `memory`: XLA's account of the compiled step's
-buffers in bytes (temp: activations and other scratch; argument, output,
-alias: state and batch in, state out, and what is updated in place),
-known from compilation alone.
+end; with --trials=N the median of N such runs of the one compiled step, all
+N in images_per_sec_trials), step_ms median/min/max (each step synced),
+compile_s (XLA compilation of the train step), trace_s (tracing and lowering
+it), init_s (jitted initialisation, compile included), devices, batch_size,
+peak memory where the backend reports it, and `memory`: XLA's account of the
+compiled step's buffers in bytes (temp: activations and other scratch;
+argument, output, alias: state and batch in, state out, and what is updated
+in place), known from compilation alone.
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ flags.DEFINE_integer("steps", 20, "Timed steps after compilation; 0 times "
                      "only compilation and initialisation and runs no step "
                      "(for `memory` of a step too big to run here).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+flags.DEFINE_integer("trials", 1, "Back-to-back runs of --steps steps; "
+                     "images_per_sec is their median.")
 
 
 def synthetic_like(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -50,7 +53,11 @@ def synthetic_like(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
 
 def benchmark(config: ml_collections.ConfigDict, steps: int,
-              warmup: int = 2) -> dict:
+              warmup: int = 2, trials: int = 1) -> dict:
+  """`trials` times the compiled step that many times over: compiling once
+  and taking the median keeps a noisy machine's outliers out cheaply."""
+  if trials < 1:
+    raise ValueError(f"trials={trials} is not valid; choose 1 or more")
   run = train.Run(synthetic_like(config), workdir="")
   start = time.perf_counter()
   state = jax.block_until_ready(run.init_state())
@@ -86,17 +93,26 @@ def benchmark(config: ml_collections.ConfigDict, steps: int,
     state, metrics = train_fn(state, arrays, batches[i % 2])
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t)
-  t = time.perf_counter()
-  for i in range(steps):
-    state, metrics = train_fn(state, arrays, batches[i % 2])
-  jax.block_until_ready(metrics)
-  back_to_back = time.perf_counter() - t
+  rates = []
+  for _ in range(trials):
+    state, seconds = back_to_back(train_fn, state, arrays, batches, steps)
+    rates.append(round(steps * config.batch_size / seconds, 1))
   return {**result,
-          "images_per_sec": round(steps * config.batch_size / back_to_back, 1),
+          "images_per_sec": round(statistics.median(rates), 1),
+          "images_per_sec_trials": rates,
           "step_ms": {"median": round(statistics.median(times) * 1e3, 2),
                       "min": round(min(times) * 1e3, 2),
                       "max": round(max(times) * 1e3, 2)},
           **peak_memory()}
+
+
+def back_to_back(train_fn, state, arrays, batches, steps: int):
+  """Runs `steps` steps with one sync at the end; (state, seconds)."""
+  start = time.perf_counter()
+  for i in range(steps):
+    state, metrics = train_fn(state, arrays, batches[i % 2])
+  jax.block_until_ready(metrics)
+  return state, time.perf_counter() - start
 
 
 def compiled_memory(compiled) -> dict:
@@ -121,7 +137,8 @@ def peak_memory() -> dict:
 
 def main(argv):
   del argv
-  print(json.dumps(benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup)))
+  print(json.dumps(benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup,
+                             FLAGS.trials)))
 
 
 if __name__ == "__main__":

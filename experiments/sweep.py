@@ -19,6 +19,7 @@ import inspect
 import json
 import os
 import shlex
+import ast
 import subprocess
 import sys
 from typing import Any, Sequence
@@ -39,6 +40,9 @@ flags.DEFINE_enum("mode", "table", ["run", "slurm", "table"],
 flags.DEFINE_string("root", None, "Folder of the sweep's runs.")
 flags.DEFINE_float("budget", 1.0, "Fraction of the papers' schedules.")
 flags.DEFINE_string("data_dir", "", "The dataset's local copy (else TFDS).")
+flags.DEFINE_multi_string("set", [], "KEY=VALUE config override applied to "
+                          "every run after the budget, e.g. "
+                          "--set=eval_every_steps=500 (repeatable).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +50,7 @@ class Run:
   name: str  # the run's folder under the sweep's root
   config: str  # "configs/FILE.py" or "configs/FILE.py:ARG"
   overrides: dict = dataclasses.field(default_factory=dict)
-  paper: float | None = None  # the paper's number for this row
+  paper: float | str | None = None  # the paper's number for this row
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -88,10 +92,14 @@ def scale_budget(config: ml_collections.ConfigDict, budget: float) -> None:
 
 def final_config(run: Run, budget: float = 1.0,
                  extra: dict | None = None) -> ml_collections.ConfigDict:
+  """The run's overrides, scaled by the budget, then `extra` (the sweep-wide
+  data_dir and --set values, taken as given)."""
   config = load_config(run.config)
-  for key, value in {**run.overrides, **(extra or {})}.items():
+  for key, value in run.overrides.items():
     set_field(config, key, value)
   scale_budget(config, budget)
+  for key, value in (extra or {}).items():
+    set_field(config, key, value)
   return config
 
 
@@ -139,6 +147,39 @@ def _jsonl(path: str) -> list[dict]:
 
 def read_jsonl(root: str, run: Run, name: str) -> list[dict]:
   return _jsonl(os.path.join(root, run.name, name))
+
+
+def test_error(result: dict | None) -> float | None:
+  """Top-1 test error in % of a results.json (None: not run yet)."""
+  return None if result is None else 100 * (1 - result["test_top1_acc"])
+
+
+def plot_curves(panels: dict[str, Sequence[Run]], root: str,
+                path: str, x: str = "step") -> None:
+  """One panel per group of runs: training error (thin) and test error
+  (bold) against `x` ("step" or "epoch"), as the papers draw them."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4),
+                           sharey=True, squeeze=False)
+  for ax, (title, group) in zip(axes[0], panels.items()):
+    for run in group:
+      train = read_jsonl(root, run, "metrics.jsonl")
+      test = read_jsonl(root, run, "eval.jsonl")
+      line, = ax.plot([m[x] for m in train],
+                      [100 * (1 - m["top1_acc"]) for m in train],
+                      lw=0.8, label=run.name)
+      ax.plot([m[x] for m in test],
+              [100 * (1 - m["test_top1_acc"]) for m in test], lw=2,
+              color=line.get_color())
+    ax.set_title(title)
+    ax.set_xlabel(x)
+    ax.legend(fontsize=7)
+  axes[0][0].set_ylabel("error (%)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
 
 
 def run_outputs(workdir: str) -> dict:
@@ -228,10 +269,44 @@ def save(name: str, text: str, directory: str = RESULTS) -> str:
   return path
 
 
+def parse_sets(items: Sequence[str]) -> dict:
+  """["a.b=3", "c=relu"] -> {"a.b": 3, "c": "relu"}."""
+  out = {}
+  for item in items:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+      raise ValueError(f"--set={item!r}: write KEY=VALUE, e.g. "
+                       "--set=eval_every_steps=500")
+    try:
+      out[key] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      out[key] = text
+  return out
+
+
+def sweep_extra() -> dict:
+  """The overrides every run gets from the flags: --data_dir and --set."""
+  f = flags.FLAGS
+  # Absolute paths: the runs start in the repository root.
+  extra = {"dataset.data_dir": os.path.abspath(f.data_dir)} if f.data_dir \
+      else {}
+  extra.update(parse_sets(f.set))
+  return extra
+
+
+def publish(name: str, text: str) -> str:
+  """Prints a table and writes it to experiments/results/NAME.md."""
+  print(text)
+  path = save(f"{name}.md", text)
+  print("written to", path)
+  return path
+
+
 def execute(runs: Sequence[Run]) -> bool:
   """Acts on --mode; returns whether the caller should write its table."""
   f = flags.FLAGS
-  extra = {"dataset.data_dir": f.data_dir} if f.data_dir else {}
+  extra = sweep_extra()
+  f.root = os.path.abspath(f.root)
   if f.mode == "run":
     failed = run_locally(runs, f.root, f.budget, extra)
     if failed:

@@ -19,9 +19,6 @@ import sweep
 
 PAPER_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43}  # Table 6
 
-flags.DEFINE_list("depths", ["20", "32", "44", "56", "110"], "Depths to run.")
-flags.DEFINE_string("base_config", "configs/resnet_cifar.py",
-                    "Config file whose :DEPTH variants are run.")
 FLAGS = flags.FLAGS
 
 
@@ -35,42 +32,19 @@ def runs(depths, config: str = "configs/resnet_cifar.py") -> list[sweep.Run]:
   return out
 
 
-def test_error(result: dict | None) -> float | None:
-  return None if result is None else 100 * (1 - result["test_top1_acc"])
-
-
 def table(all_runs, root: str) -> list[list]:
   rows = []
   for plain, res in zip(all_runs[::2], all_runs[1::2]):
     depth = int(res.name.removeprefix("resnet"))
-    rows.append([depth, test_error(sweep.results(root, plain)),
-                 test_error(sweep.results(root, res)), res.paper])
+    rows.append([depth, sweep.test_error(sweep.results(root, plain)),
+                 sweep.test_error(sweep.results(root, res)), res.paper])
   return rows
 
 
 def plot(all_runs, root: str, path: str) -> None:
-  """Fig. 6: training error (thin) and test error (bold) against steps."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-  for ax, kind in zip(axes, ("plain", "resnet")):
-    for run in (r for r in all_runs if r.name.startswith(kind)):
-      train = sweep.read_jsonl(root, run, "metrics.jsonl")
-      test = sweep.read_jsonl(root, run, "eval.jsonl")
-      line, = ax.plot([m["step"] for m in train],
-                      [100 * (1 - m["top1_acc"]) for m in train],
-                      lw=0.8, label=run.name)
-      ax.plot([m["step"] for m in test],
-              [100 * (1 - m["test_top1_acc"]) for m in test], lw=2,
-              color=line.get_color())
-    ax.set_title(kind)
-    ax.set_xlabel("step")
-    ax.legend()
-  axes[0].set_ylabel("error (%)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  """Fig. 6: plain nets left, residual nets right."""
+  sweep.plot_curves({kind: [r for r in all_runs if r.name.startswith(kind)]
+                     for kind in ("plain", "resnet")}, root, path)
 
 
 def report(all_runs, root: str, budget: float, dataset: str, argv) -> str:
@@ -90,11 +64,18 @@ def main(argv):
     return
   text = report(all_runs, FLAGS.root, FLAGS.budget,
                 f"cifar10 ({FLAGS.data_dir or 'TFDS'})", sys.argv)
-  print(text)
-  print("written to", sweep.save("table1_resnet_cifar.md", text))
+  sweep.publish("table1_resnet_cifar", text)
   plot(all_runs, FLAGS.root, sweep.result_path("table1_resnet_cifar.png"))
 
 
+def define_flags() -> None:
+  """Only when run as a script: scripts import each other."""
+  flags.DEFINE_list("depths", ["20", "32", "44", "56", "110"], "Depths to run.")
+  flags.DEFINE_string("base_config", "configs/resnet_cifar.py",
+                      "Config file whose :DEPTH variants are run.")
+
+
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flag_as_required("root")
   app.run(main)

@@ -17,8 +17,6 @@ from absl import app, flags
 import sweep  # noqa: F401  (puts the repository on the path)
 from cnnflax import models, summary
 
-flags.DEFINE_list("models", [], "Models to count; empty: every registered one.")
-flags.DEFINE_string("out", "table8_params.md", "File under experiments/results.")
 FLAGS = flags.FLAGS
 
 COLUMNS = ["model", "input", "classes", "params (ours)",
@@ -64,5 +62,12 @@ def main(argv):
   print("written to", sweep.save(FLAGS.out, text))
 
 
+def define_flags() -> None:
+  """Only when run as a script: scripts import each other."""
+  flags.DEFINE_list("models", [], "Models to count; empty: every registered one.")
+  flags.DEFINE_string("out", "table8_params.md", "File under experiments/results.")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

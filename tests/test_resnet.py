@@ -138,6 +138,44 @@ def test_reordering_blocks_of_matching_shape():
     models.get_model("resnet20_cifar", block_order=(3, 1, 2, 0, 4, 5, 6, 7, 8))
 
 
+@pytest.mark.parametrize("plain", [False, True])
+def test_run_time_keep_equals_drop_blocks(plain):
+  """One compiled network serves every lesion: keep as an input."""
+  model = small(plain=plain)
+  variables = model.init(jax.random.key(0), X)
+  apply = jax.jit(lambda keep: model.apply(variables, X, keep=keep))
+  for drop in ((), (4,), (1, 5, 8)):
+    keep = np.ones(9, np.float32)
+    keep[list(drop)] = 0.0
+    cut, v = resnet.lesioned(model, variables, drop_blocks=drop)
+    np.testing.assert_allclose(apply(keep), logits(cut, variables=v),
+                               rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match=r"one value per block, \(9,\)"):
+    model.apply(variables, X, keep=np.ones(3))
+
+
+def test_removed_plain_block_passes_its_input_on_inside_a_scan():
+  model = small(plain=True, scan_blocks=True)
+  variables = model.init(jax.random.key(0), X)
+  cut_u, v = resnet.lesioned(model, variables, drop_blocks=(5,))
+  np.testing.assert_allclose(
+      logits(model.clone(drop_blocks=(5,)), variables=variables),
+      logits(cut_u, variables=v), rtol=1e-4, atol=1e-5)
+
+
+def test_reordered_variables_equal_block_order():
+  model = small()
+  variables = model.init(jax.random.key(0), X)
+  order = (0, 2, 1, 3, 4, 5, 6, 8, 7)
+  swapped, v = resnet.lesioned(model, variables, block_order=order)
+  np.testing.assert_allclose(
+      logits(model, variables=resnet.reorder_variables(model, variables,
+                                                       order)),
+      logits(swapped, variables=v), rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="where the input or output shape"):
+    resnet.reorder_variables(model, variables, (3, 1, 2, 0, 4, 5, 6, 7, 8))
+
+
 def test_scanned_and_unrolled_blocks_compute_the_same():
   model = small(scan_blocks=True)
   variables = model.init(jax.random.key(0), X)

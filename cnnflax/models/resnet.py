@@ -92,11 +92,17 @@ class ResidualUnit(nn.Module):
     residual = self._branch(x, train, act, skip_first_pre=shared_pre)
     if not (changes_shape or projects):
       residual, short = self._mix(x, residual, short, train)
-    return residual_merge(
+    out = residual_merge(
         self, residual, None if self.plain else short, train,
-        scale=keep, survival=survival if self.stochastic else None,
+        scale=1.0 if self.plain else keep,
+        survival=survival if self.stochastic else None,
         per_sample=self.stochastic_mode == "sample",
         after=lambda y: self._after_add(y, train, act))
+    if self.plain and short is not None and not isinstance(keep, (int, float)):
+      # No shortcut to fall back on: a removed plain unit passes x through
+      # (one that changes the shape cannot be removed and ignores keep).
+      return jnp.where(keep > 0, out, self._after_add(short, train, act))
+    return out
 
   def _after_add(self, y, train, act):
     if self.unit == "original":
@@ -389,11 +395,21 @@ class ResNet(nn.Module):
         dtype=self.dtype, axis_name=self.axis_name)
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, keep=None):
+    """`keep`: None, or a run-time array of one 0/1 per block that replaces
+    `drop_blocks` (0 removes the block), so that one compiled network
+    evaluates every lesion. A plain net cannot remove a block that changes
+    the shape and ignores its entry (`drop_blocks` refuses it)."""
     x = self._stem(x.astype(self.dtype), train)
     survival = self.survival_probs()
-    keep = [0.0 if b in self.drop_blocks else 1.0
-            for b in range(self.num_blocks)]
+    if keep is None:
+      keep = [0.0 if b in self.drop_blocks else 1.0
+              for b in range(self.num_blocks)]
+    else:
+      keep = jnp.asarray(keep, jnp.float32)
+      if keep.shape != (self.num_blocks,):
+        raise ValueError(f"keep has shape {keep.shape}; give one value per "
+                         f"block, ({self.num_blocks},)")
     if self.scanned:
       x = self._scanned_stages(x, train, survival, keep)
     else:
@@ -531,6 +547,23 @@ def unroll_variables(model: ResNet, variables: dict) -> dict:
       for i in range(n - 1):
         tree[f"stage{stage + 1}_block{i + 2}"] = jax.tree.map(
             lambda a, i=i: a[i], stacked["unit"])
+    out[collection] = tree
+  return out
+
+
+def reorder_variables(model: ResNet, variables: dict,
+                      order: Sequence[int]) -> dict:
+  """Unrolled variables with block order[p]'s weights at position p: the
+  unrolled model then computes what `block_order=order` computes, without a
+  new compilation."""
+  model.clone(block_order=tuple(order))  # checks the permutation
+  names = [name for *_, name in model._units()]
+  out = {}
+  for collection, tree in variables.items():
+    tree = dict(tree)
+    moved = {names[p]: tree[names[b]] for p, b in enumerate(order)
+             if names[b] in tree}
+    tree.update(moved)
     out[collection] = tree
   return out
 

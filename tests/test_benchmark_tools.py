@@ -1,0 +1,63 @@
+"""cnnflax.benchmark --trials and benchmarks/side_by_side.py's arithmetic.
+
+Nothing here imports torch (not a project dependency): side_by_side only
+imports it in its PyTorch worker processes.
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+from benchmarks import side_by_side
+from tests.conftest import ROOT
+
+
+def test_achieved_gflops_counts_forward_and_backward():
+  # ResNet-20: 40,551,040 mult-adds per image; 2 FLOPs each forward, 4 back.
+  assert side_by_side.achieved_gflops(40_551_040, 1000.0) == 243.30624
+  assert side_by_side.matmul_gflops(2048, 0.5) == 2 * 2048 ** 3 / 0.5 / 1e9
+
+
+def test_report_rows():
+  result = {"count": {"params": 269_722, "flops": 40_551_040},
+            "torch_fp32": {"images_per_sec": 400.0},
+            "torch_bf16": {"error": "exit 1: python ..."},
+            "cnnflax_fp32": {"images_per_sec": 200.0, "compile_s": 5.0,
+                             "images_per_sec_trials": [190.0, 200.0, 210.0]},
+            "cnnflax_bf16": {"images_per_sec": 100.0}}
+  row = side_by_side.summary_row("resnet20", result, ceiling=97.32)
+  # 6 * 40,551,040 * 200 / 1e9 = 48.66 GFLOP/s, half the 97.32 ceiling.
+  assert row == ("| resnet20 | 400.0 | failed | 200.0 | 100.0 | 0.50x | - | "
+                 "48.7 (0.50) |")
+  rows = side_by_side.detail_rows("resnet20", result, ceiling=97.32)
+  assert len(rows) == 4
+  assert "| 190.0, 200.0, 210.0 | 48.7 | 0.500 | compile 5.0 s |" in rows[2]
+
+
+def test_twin_with_other_counts_is_flagged():
+  result = {"count": {"params": 10, "flops": 100},
+            "torch_fp32": {"images_per_sec": 1.0, "params": 10,
+                           "forward_macs": 99}}
+  warnings = side_by_side.twin_warnings({"m": result})
+  assert len(warnings) == 1 and "forward_macs=99" in warnings[0]
+
+
+def test_specs_name_their_registered_models():
+  for name, spec in side_by_side.MODELS.items():
+    config = side_by_side.load_config(spec.config)
+    assert config.model.name == spec.registered, name
+
+
+def test_benchmark_times_one_compiled_step_several_times():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  proc = subprocess.run(
+      [sys.executable, "-m", "cnnflax.benchmark", "--config=configs/default.py",
+       "--config.batch_size=16", "--steps=2", "--warmup=0", "--trials=3"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  line = json.loads(proc.stdout.strip().splitlines()[-1])
+  trials = line["images_per_sec_trials"]
+  assert len(trials) == 3 and all(t > 0 for t in trials)
+  assert line["images_per_sec"] == round(statistics.median(trials), 1)
+  assert set(line["step_ms"]) == {"median", "min", "max"}

@@ -302,6 +302,20 @@ def publish(name: str, text: str) -> str:
   return path
 
 
+def finish(runs: Sequence[Run], name: str, report, dataset: str = "cifar10",
+           panels: dict | None = None, x: str = "step") -> None:
+  """A sweep script's main once its runs are known: acts on --mode, then
+  writes table NAME.md from report(root, budget, dataset, argv) and, with
+  `panels` (title -> runs), the error curves NAME.png."""
+  if not execute(runs):
+    return
+  f = flags.FLAGS
+  publish(name, report(f.root, f.budget, f"{dataset} ({f.data_dir or 'TFDS'})",
+                       sys.argv))
+  if panels is not None:
+    plot_curves(panels, f.root, result_path(f"{name}.png"), x)
+
+
 def execute(runs: Sequence[Run]) -> bool:
   """Acts on --mode; returns whether the caller should write its table."""
   f = flags.FLAGS

@@ -11,8 +11,6 @@ error curves, Fig. 6: plain left, residual right).
 """
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 
 import sweep
@@ -41,10 +39,10 @@ def table(all_runs, root: str) -> list[list]:
   return rows
 
 
-def plot(all_runs, root: str, path: str) -> None:
+def panels(all_runs) -> dict:
   """Fig. 6: plain nets left, residual nets right."""
-  sweep.plot_curves({kind: [r for r in all_runs if r.name.startswith(kind)]
-                     for kind in ("plain", "resnet")}, root, path)
+  return {kind: [r for r in all_runs if r.name.startswith(kind)]
+          for kind in ("plain", "resnet")}
 
 
 def report(all_runs, root: str, budget: float, dataset: str, argv) -> str:
@@ -60,13 +58,9 @@ def report(all_runs, root: str, budget: float, dataset: str, argv) -> str:
 def main(argv):
   del argv
   all_runs = runs(FLAGS.depths, FLAGS.base_config)
-  if not sweep.execute(all_runs):
-    return
-  text = report(all_runs, FLAGS.root, FLAGS.budget,
-                f"cifar10 ({FLAGS.data_dir or 'TFDS'})", sys.argv)
-  sweep.publish("table1_resnet_cifar", text)
-  plot(all_runs, FLAGS.root, sweep.result_path("table1_resnet_cifar.png"))
-
+  sweep.finish(all_runs, "table1_resnet_cifar",
+               lambda *a: report(all_runs, *a),
+               panels=panels(all_runs))
 
 def define_flags() -> None:
   """Only when run as a script: scripts import each other."""

@@ -13,8 +13,6 @@ Writes experiments/results/table2_shortcut_options.{md,png}.
 """
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 
 import sweep
@@ -53,15 +51,10 @@ def report(all_runs, root: str, budget: float, dataset: str, argv) -> str:
 def main(argv):
   del argv
   all_runs = runs(FLAGS.depth, FLAGS.setting)
-  if not sweep.execute(all_runs):
-    return
-  dataset = ("cifar10" if FLAGS.setting == "cifar" else "imagenet2012")
-  text = report(all_runs, FLAGS.root, FLAGS.budget,
-                f"{dataset} ({FLAGS.data_dir or 'TFDS'})", sys.argv)
-  sweep.publish("table2_shortcut_options", text)
-  sweep.plot_curves({"shortcut options": all_runs}, FLAGS.root,
-                    sweep.result_path("table2_shortcut_options.png"))
-
+  sweep.finish(all_runs, "table2_shortcut_options",
+               lambda *a: report(all_runs, *a),
+               "cifar10" if FLAGS.setting == "cifar" else "imagenet2012",
+               panels={"shortcut options": all_runs})
 
 def define_flags() -> None:
   """Only when run as a script: scripts import each other."""

@@ -10,8 +10,6 @@ Writes experiments/results/table3_shortcut_variants.{md,png}.
 """
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 
 import sweep
@@ -69,14 +67,9 @@ def report(all_runs, root: str, budget: float, dataset: str, argv) -> str:
 def main(argv):
   del argv
   all_runs = runs(FLAGS.depth)
-  if not sweep.execute(all_runs):
-    return
-  text = report(all_runs, FLAGS.root, FLAGS.budget,
-                f"cifar10 ({FLAGS.data_dir or 'TFDS'})", sys.argv)
-  sweep.publish("table3_shortcut_variants", text)
-  sweep.plot_curves({"shortcut variants": all_runs}, FLAGS.root,
-                    sweep.result_path("table3_shortcut_variants.png"))
-
+  sweep.finish(all_runs, "table3_shortcut_variants",
+               lambda *a: report(all_runs, *a),
+               panels={"shortcut variants": all_runs})
 
 def define_flags() -> None:
   """Only when run as a script: scripts import each other."""

@@ -10,8 +10,6 @@ Writes experiments/results/table4_activation_placement.{md,png}.
 """
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 
 import sweep
@@ -59,16 +57,11 @@ def report(all_runs, root: str, budget: float, dataset: str, argv) -> str:
 def main(argv):
   del argv
   all_runs = runs(FLAGS.depths)
-  if not sweep.execute(all_runs):
-    return
-  text = report(all_runs, FLAGS.root, FLAGS.budget,
-                f"cifar10 ({FLAGS.data_dir or 'TFDS'})", sys.argv)
-  sweep.publish("table4_activation_placement", text)
-  sweep.plot_curves(
-      {f"ResNet-{d}": [r for r in all_runs if r.name.endswith(f"_{d}")]
-       for d in FLAGS.depths}, FLAGS.root,
-      sweep.result_path("table4_activation_placement.png"))
-
+  sweep.finish(all_runs, "table4_activation_placement",
+               lambda *a: report(all_runs, *a),
+               panels={f"ResNet-{d}": [r for r in all_runs
+                                       if r.name.endswith(f"_{d}")]
+                       for d in FLAGS.depths})
 
 def define_flags() -> None:
   """Only when run as a script: scripts import each other."""

@@ -9,8 +9,6 @@ Writes experiments/results/table5_stochastic_depth.{md,png}.
 """
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 
 import sweep
@@ -55,15 +53,10 @@ def report(all_runs, root: str, budget: float, dataset: str, argv) -> str:
 def main(argv):
   del argv
   all_runs = runs(FLAGS.depth)
-  if not sweep.execute(all_runs):
-    return
-  text = report(all_runs, FLAGS.root, FLAGS.budget,
-                f"cifar10 ({FLAGS.data_dir or 'TFDS'})", sys.argv)
-  sweep.publish("table5_stochastic_depth", text)
-  sweep.plot_curves({"ResNet-110 on CIFAR-10": all_runs}, FLAGS.root,
-                    sweep.result_path("table5_stochastic_depth.png"),
-                    x="epoch")
-
+  sweep.finish(all_runs, "table5_stochastic_depth",
+               lambda *a: report(all_runs, *a),
+               panels={f"ResNet-{FLAGS.depth} on CIFAR-10": all_runs},
+               x="epoch")
 
 def define_flags() -> None:
   """Only when run as a script: scripts import each other."""

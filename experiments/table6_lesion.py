@@ -27,7 +27,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 import sweep
 import table1_resnet_cifar
@@ -125,8 +125,10 @@ def study(evaluator: Evaluator, samples: int, seed: int) -> dict:
   model = evaluator.model
   rng = np.random.default_rng(seed)
   can_go = deletable(model)
+  logging.info("lesion study: %d single deletions", len(can_go))
   single = [evaluator.error([b]) if b in can_go else None
             for b in range(model.num_blocks)]
+  logging.info("lesion study: random deletions, then reorderings")
   random = []
   for k in range(1, len(can_go) // 2 + 1):
     errors = [evaluator.error(rng.choice(can_go, k, replace=False))

@@ -11,8 +11,6 @@ Writes experiments/results/table7_densenet_cifar.{md,png}.
 """
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 
 import sweep
@@ -64,17 +62,11 @@ def report(all_runs, root: str, budget: float, dataset: str, argv, rows,
 def main(argv):
   del argv
   all_runs = runs(FLAGS.rows, FLAGS.columns)
-  if not sweep.execute(all_runs):
-    return
-  text = report(all_runs, FLAGS.root, FLAGS.budget,
-                f"CIFAR ({FLAGS.data_dir or 'TFDS'})", sys.argv, FLAGS.rows,
-                FLAGS.columns)
-  sweep.publish("table7_densenet_cifar", text)
-  sweep.plot_curves({c: [r for r in all_runs if r.name.endswith("_" + c)]
-                     for c in FLAGS.columns}, FLAGS.root,
-                    sweep.result_path("table7_densenet_cifar.png"),
-                    x="epoch")
-
+  sweep.finish(all_runs, "table7_densenet_cifar",
+               lambda *a: report(all_runs, *a, FLAGS.rows, FLAGS.columns),
+               "CIFAR", panels={c: [r for r in all_runs
+                                    if r.name.endswith("_" + c)]
+                                for c in FLAGS.columns}, x="epoch")
 
 def define_flags() -> None:
   """Only when run as a script: scripts import each other."""

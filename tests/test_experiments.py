@@ -89,7 +89,7 @@ def test_table1_collects_and_plots_tiny_runs(tmp_path):
   plain, res = (float(v) for v in row.split(" | ")[1:3])
   assert 0 <= plain <= 100 and 0 <= res <= 100
   png = str(tmp_path / "fig6.png")
-  t1.plot(runs, root, png)
+  sweep.plot_curves(t1.panels(runs), root, png)
   with open(png, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 

@@ -140,10 +140,20 @@ class Run:
     return data.host_batch(self.dataset, self.config.dataset, True, idx,
                            seed=self.config.seed * 1_000_003 + step)
 
-  def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
+  def checkpoints(self) -> checkpoint.Checkpoints:
+    """The workdir's checkpoints, refusing those of another run."""
+    return checkpoint.Checkpoints(
+        os.path.join(self.workdir, "checkpoints"),
+        self.config.checkpoints_to_keep, run_identity(self.config, self))
+
+  def eval_batches(self, limit: int | None = None
+                   ) -> Iterator[dict[str, np.ndarray]]:
+    """This host's share of every test example once (or of the first
+    `limit`), padded and masked."""
+    num = self.dataset.num_test if limit is None else min(
+        limit, self.dataset.num_test)
     rows = self.devices.process_slice(self.eval_batch_size)
-    for idx, mask in data.eval_batches(self.dataset.num_test,
-                                       self.eval_batch_size):
+    for idx, mask in data.eval_batches(num, self.eval_batch_size):
       batch = data.host_batch(self.dataset, self.config.dataset, False,
                               idx[rows])
       batch["mask"] = mask[rows]
@@ -273,9 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   quiet_library_logs()
   step_lib.initialize_distributed()
   run = Run(config, workdir)
-  identity = run_identity(config, run)
-  ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"),
-                                 config.checkpoints_to_keep, identity)
+  ckpts = run.checkpoints()
   host_state = jax.device_get(run.init_state())
   params = count_params(host_state.params)
   meta = {}

@@ -12,6 +12,7 @@ paper's setting.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import datetime
 import importlib
@@ -19,7 +20,6 @@ import inspect
 import json
 import os
 import shlex
-import ast
 import subprocess
 import sys
 from typing import Any, Sequence

@@ -91,12 +91,8 @@ class Evaluator:
     preprocess = data.device_preprocess(run.dataset, cfg, False, run.dtype)
     self.arrays = jax.device_put(data.device_arrays(run.dataset, cfg, False))
     self.test_size = run.dataset.num_test
-    num = min(num_images, self.test_size)
-    self.num_images = num
-    self.batches = []
-    for idx, mask in data.eval_batches(num, run.config.eval_batch_size):
-      batch = data.host_batch(run.dataset, cfg, False, idx)
-      self.batches.append({**batch, "mask": mask})
+    self.num_images = min(num_images, self.test_size)
+    self.batches = list(run.eval_batches(limit=num_images))
     model = self.model
 
     @jax.jit
@@ -152,11 +148,9 @@ def study(evaluator: Evaluator, samples: int, seed: int) -> dict:
 
 def restore(config, workdir: str):
   """The trained run's train.Run and its last checkpoint's variables."""
-  from cnnflax import checkpoint, train
+  from cnnflax import train
   run = train.Run(config, workdir)
-  ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"),
-                                 config.checkpoints_to_keep,
-                                 train.run_identity(config, run))
+  ckpts = run.checkpoints()
   state, _ = ckpts.restore(jax.device_get(run.init_state()))
   ckpts.close()
   return run, {"params": state.params, "batch_stats": state.batch_stats}

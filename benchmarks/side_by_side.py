@@ -12,6 +12,8 @@ synthetic batch; CIFAR 32x32 batch 128, ResNet-50 224x224 batch 16) in
   torch_bf16    the same under torch.autocast("cpu", dtype=torch.bfloat16)
   cnnflax_fp32  the real cnnflax train step (python -m cnnflax.benchmark)
   cnnflax_bf16  the same with config.half_precision=True
+  cnnflax_fp32_xla_conv  cnnflax_fp32 with XLA's own convolutions
+                (CNNFLAX_NATIVE_CONV=0) instead of oneDNN's (cnnflax.native)
 
 each the median of --trials runs of --steps steps, after one compilation and
 --warmup untimed steps. Every measurement runs in a subprocess of its own, so
@@ -46,7 +48,8 @@ SCRIPT = os.path.abspath(__file__)
 ROOT = os.path.dirname(os.path.dirname(SCRIPT))
 FLAGS = flags.FLAGS
 
-MODES = ("torch_fp32", "torch_bf16", "cnnflax_fp32", "cnnflax_bf16")
+MODES = ("torch_fp32", "torch_bf16", "cnnflax_fp32", "cnnflax_bf16",
+         "cnnflax_fp32_xla_conv")
 WORKERS = ("torch", "torch_matmul", "xla_matmul")
 
 
@@ -225,7 +228,7 @@ def worker_command(name: str, mode: str) -> list[str]:
   spec = MODELS[name]
   timing = [f"--steps={FLAGS.steps}", f"--warmup={FLAGS.warmup}",
             f"--trials={FLAGS.trials}"]
-  bf16 = mode.endswith("bf16")
+  bf16 = mode == "cnnflax_bf16" or mode == "torch_bf16"
   if mode.startswith("torch"):
     return [SCRIPT, "--worker=torch", f"--model={name}", f"--bf16={bf16}",
             f"--torch_threads={FLAGS.torch_threads}", *timing]
@@ -238,11 +241,17 @@ def count_command(name: str) -> list[str]:
   return ["-m", "cnnflax.summary", f"--config={MODELS[name].config}", "--json"]
 
 
-def run_worker(args: list[str]) -> dict:
+def worker_env(mode: str) -> dict[str, str]:
+  if mode.endswith("xla_conv"):
+    return {**os.environ, "CNNFLAX_NATIVE_CONV": "0"}
+  return dict(os.environ)
+
+
+def run_worker(args: list[str], env: dict[str, str] | None = None) -> dict:
   """Runs `python ARGS` in the repository; its last JSON line, or
   {"error": ...} with the end of its stderr echoed here."""
   proc = subprocess.run([sys.executable, *args], cwd=ROOT, text=True,
-                        capture_output=True)
+                        capture_output=True, env=env)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
   if proc.returncode == 0 and lines:
     return json.loads(lines[-1])
@@ -278,7 +287,8 @@ def measure(models: list[str], modes: list[str]) -> tuple[dict, dict]:
     results[name] = {"count": run_worker(count_command(name))}
     for mode in modes:
       log(f"{name} {mode} ...")
-      results[name][mode] = run_worker(worker_command(name, mode))
+      results[name][mode] = run_worker(worker_command(name, mode),
+                                       worker_env(mode))
       log(f"  {progress(results[name][mode])}")
   return ceilings, results
 
@@ -325,7 +335,9 @@ def summary_row(name: str, result: dict, ceiling: float | None) -> str:
            ratio(rate(result.get("cnnflax_fp32")),
                  rate(result.get("torch_fp32"))),
            ratio(rate(result.get("cnnflax_bf16")),
-                 rate(result.get("torch_bf16"))), achieved]
+                 rate(result.get("torch_bf16"))), achieved,
+           ratio(rate(result.get("cnnflax_fp32")),
+                 rate(result.get("cnnflax_fp32_xla_conv")))]
   return "| " + " | ".join(cells) + " |"
 
 
@@ -399,9 +411,10 @@ def report(ceilings: dict, results: dict, command: str) -> str:
   ceiling = xla.get("fp32")
   lines += [
       "| model | PyTorch fp32 CL | PyTorch bf16 autocast | cnnflax fp32 | "
-      "cnnflax bf16 | cnnflax fp32 / PyTorch fp32 | cnnflax bf16 / PyTorch "
-      "bf16 | cnnflax fp32 GFLOP/s (fraction of ceiling) |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|"]
+      "cnnflax bf16 | cnnflax fp32, XLA convs | cnnflax fp32 / PyTorch fp32 "
+      "| cnnflax bf16 / PyTorch bf16 | cnnflax fp32 GFLOP/s (fraction of "
+      "ceiling) | oneDNN convs / XLA convs |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   lines += [summary_row(name, r, ceiling) for name, r in results.items()]
   lines += ["", "| model | mode | batch | images/s | trials | GFLOP/s | "
             "fraction of XLA fp32 matmul | note |",

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnnflax import native
 from cnnflax.models import register_model
 from cnnflax.models.layers import (Conv, activation, batch_norm, check_choice,
                                    residual_merge)
@@ -237,7 +238,7 @@ class ResNet(nn.Module):
   drop_blocks: Sequence[int] = ()
   block_order: Sequence[int] = ()
   scan_blocks: bool | None = None  # None: scan above SCAN_THRESHOLD blocks
-  conv_impl: str = "auto"  # auto | xla | matmul (see layers.Conv)
+  conv_impl: str = "auto"  # auto | native | xla | matmul (see layers.Conv)
   dtype: Any = jnp.float32
   axis_name: str | None = None
 
@@ -249,7 +250,8 @@ class ResNet(nn.Module):
     check_choice("stride_in", self.stride_in, ("1x1", "3x3"))
     check_choice("stochastic_mode", self.stochastic_mode, ("batch", "sample"))
     check_choice("block", self.block, ("", "basic", "bottleneck"))
-    check_choice("conv_impl", self.conv_impl, ("auto", "xla", "matmul"))
+    check_choice("conv_impl", self.conv_impl,
+                 ("auto", "xla", "matmul", "native"))
     activation(self.activation)
     if not 0.0 < self.survival_prob_last <= 1.0:
       raise ValueError(f"survival_prob_last={self.survival_prob_last} must be "
@@ -297,12 +299,16 @@ class ResNet(nn.Module):
 
   @property
   def conv_impl_used(self) -> str:
-    """auto: matmul convolutions inside scanned stages on CPU, where XLA's
-    own convolution falls to a slow kernel inside loops."""
+    """auto: oneDNN's convolutions on CPU where they are built; else matmul
+    convolutions inside scanned stages on CPU, where XLA's own convolution
+    falls to a slow kernel inside loops."""
     if self.conv_impl != "auto":
       return self.conv_impl
-    return "matmul" if self.scanned and jax.default_backend() == "cpu" else (
-        "xla")
+    if jax.default_backend() != "cpu":
+      return "xla"
+    if native.available():
+      return "native"
+    return "matmul" if self.scanned else "xla"
 
   def survival_probs(self) -> list[float]:
     """Linear decay p_l = 1 - (l/L)(1 - p_L), l = 1..L (Huang et al.)."""
@@ -428,12 +434,14 @@ class ResNet(nn.Module):
     preact = self.unit in PREACT_UNITS
     if self.stem == "cifar":
       x = Conv(width, (3, 3), (1, 1), 1, not self.batch_norm,
-               kernel_init=he_init, dtype=self.dtype, name="stem_conv")(x)
+               impl=self.conv_impl_used, kernel_init=he_init,
+               dtype=self.dtype, name="stem_conv")(x)
       if preact:  # the first unit's pre-activation does BN-ReLU
         return x
     else:
       x = Conv(width, (7, 7), (2, 2), 3, not self.batch_norm,
-               kernel_init=he_init, dtype=self.dtype, name="stem_conv")(x)
+               impl=self.conv_impl_used, kernel_init=he_init,
+               dtype=self.dtype, name="stem_conv")(x)
     if self.batch_norm:
       x = batch_norm(train, self.dtype, self.axis_name, name="stem_bn")(x)
     x = act(x)

@@ -138,3 +138,12 @@ def test_resnet_native_equals_xla():
   np.testing.assert_allclose(loss_n, loss_x, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(grads_n), jax.tree.leaves(grads_x)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_unsupported_dtype_is_a_clear_error_not_a_crash():
+  x = jnp.ones((1, 4, 4, 2), jnp.float16)
+  k = jnp.ones((3, 3, 2, 2), jnp.float16)
+  with pytest.raises(Exception, match="f32 or bf16 only"):
+    jax.block_until_ready(native._call("forward", (1, 4, 4, 2), jnp.float16,
+                                       x, k, (1, 1), ((1, 1), (1, 1))))
+  assert not native.supports(x, k, groups=1)  # so layers.Conv uses XLA's

@@ -104,6 +104,17 @@ memory InLayout(memory user, const memory::desc& want,
   return copy;
 }
 
+// oneDNN reports failures by throwing; no exception may cross into XLA.
+template <typename Fn>
+ffi::Error Guarded(Fn&& fn) {
+  try {
+    return fn();
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("cnnflax native conv: ") +
+                                e.what());
+  }
+}
+
 ffi::ErrorOr<memory::data_type> TypeOf(ffi::DataType type) {
   if (type == ffi::DataType::F32) return memory::data_type::f32;
   if (type == ffi::DataType::BF16) return memory::data_type::bf16;
@@ -131,70 +142,76 @@ ffi::ErrorOr<Geometry> MakeGeometry(ffi::AnyBuffer::Dimensions in,
 ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer kernel,
                    ffi::Result<ffi::AnyBuffer> y, int64_t sh, int64_t sw,
                    int64_t pt, int64_t pl, int64_t pb, int64_t pr) {
-  auto g = MakeGeometry(x.dimensions(), kernel.dimensions(), y->dimensions(),
-                        x.element_type(), sh, sw, pt, pl, pb, pr);
-  if (g.has_error()) return g.error();
-  const Plan& plan = PlanFor(g.value());
-  dnnl::stream stream(Engine());
-  memory src(g->Src(), Engine(), x.untyped_data());
-  memory dst(g->Dst(), Engine(), y->untyped_data());
-  memory user(g->Kernel(Tag::hwio), Engine(), kernel.untyped_data());
-  memory weights = InLayout(user, plan.fwd_kernel, stream);
-  memory scratch(plan.fwd_scratch, Engine());
-  plan.fwd.execute(stream, {{DNNL_ARG_SRC, src},
-                            {DNNL_ARG_WEIGHTS, weights},
-                            {DNNL_ARG_DST, dst},
-                            {DNNL_ARG_SCRATCHPAD, scratch}});
-  stream.wait();
-  return ffi::Error::Success();
+  return Guarded([&]() -> ffi::Error {
+    auto g = MakeGeometry(x.dimensions(), kernel.dimensions(), y->dimensions(),
+                          x.element_type(), sh, sw, pt, pl, pb, pr);
+    if (g.has_error()) return g.error();
+    const Plan& plan = PlanFor(g.value());
+    dnnl::stream stream(Engine());
+    memory src(g->Src(), Engine(), x.untyped_data());
+    memory dst(g->Dst(), Engine(), y->untyped_data());
+    memory user(g->Kernel(Tag::hwio), Engine(), kernel.untyped_data());
+    memory weights = InLayout(user, plan.fwd_kernel, stream);
+    memory scratch(plan.fwd_scratch, Engine());
+    plan.fwd.execute(stream, {{DNNL_ARG_SRC, src},
+                              {DNNL_ARG_WEIGHTS, weights},
+                              {DNNL_ARG_DST, dst},
+                              {DNNL_ARG_SCRATCHPAD, scratch}});
+    stream.wait();
+    return ffi::Error::Success();
+  });
 }
 
 ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer kernel,
                         ffi::Result<ffi::AnyBuffer> dx, int64_t sh, int64_t sw,
                         int64_t pt, int64_t pl, int64_t pb, int64_t pr) {
-  auto g = MakeGeometry(dx->dimensions(), kernel.dimensions(),
-                        dy.dimensions(), dy.element_type(), sh, sw, pt, pl, pb,
-                        pr);
-  if (g.has_error()) return g.error();
-  const Plan& plan = PlanFor(g.value());
-  dnnl::stream stream(Engine());
-  memory diff_dst(g->Dst(), Engine(), dy.untyped_data());
-  memory diff_src(g->Src(), Engine(), dx->untyped_data());
-  memory user(g->Kernel(Tag::hwio), Engine(), kernel.untyped_data());
-  memory weights = InLayout(user, plan.bwd_data_kernel, stream);
-  memory scratch(plan.bwd_data_scratch, Engine());
-  plan.bwd_data.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst},
-                                 {DNNL_ARG_WEIGHTS, weights},
-                                 {DNNL_ARG_DIFF_SRC, diff_src},
-                                 {DNNL_ARG_SCRATCHPAD, scratch}});
-  stream.wait();
-  return ffi::Error::Success();
+  return Guarded([&]() -> ffi::Error {
+    auto g = MakeGeometry(dx->dimensions(), kernel.dimensions(),
+                          dy.dimensions(), dy.element_type(), sh, sw, pt, pl, pb,
+                          pr);
+    if (g.has_error()) return g.error();
+    const Plan& plan = PlanFor(g.value());
+    dnnl::stream stream(Engine());
+    memory diff_dst(g->Dst(), Engine(), dy.untyped_data());
+    memory diff_src(g->Src(), Engine(), dx->untyped_data());
+    memory user(g->Kernel(Tag::hwio), Engine(), kernel.untyped_data());
+    memory weights = InLayout(user, plan.bwd_data_kernel, stream);
+    memory scratch(plan.bwd_data_scratch, Engine());
+    plan.bwd_data.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst},
+                                   {DNNL_ARG_WEIGHTS, weights},
+                                   {DNNL_ARG_DIFF_SRC, diff_src},
+                                   {DNNL_ARG_SCRATCHPAD, scratch}});
+    stream.wait();
+    return ffi::Error::Success();
+  });
 }
 
 ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
                            ffi::Result<ffi::AnyBuffer> dkernel, int64_t sh,
                            int64_t sw, int64_t pt, int64_t pl, int64_t pb,
                            int64_t pr) {
-  auto g = MakeGeometry(x.dimensions(), dkernel->dimensions(),
-                        dy.dimensions(), x.element_type(), sh, sw, pt, pl, pb,
-                        pr);
-  if (g.has_error()) return g.error();
-  const Plan& plan = PlanFor(g.value());
-  dnnl::stream stream(Engine());
-  memory src(g->Src(), Engine(), x.untyped_data());
-  memory diff_dst(g->Dst(), Engine(), dy.untyped_data());
-  memory user(g->Kernel(Tag::hwio), Engine(), dkernel->untyped_data());
-  bool direct = plan.bwd_weights_kernel == user.get_desc();
-  memory diff_weights =
-      direct ? user : memory(plan.bwd_weights_kernel, Engine());
-  memory scratch(plan.bwd_weights_scratch, Engine());
-  plan.bwd_weights.execute(stream, {{DNNL_ARG_SRC, src},
-                                    {DNNL_ARG_DIFF_DST, diff_dst},
-                                    {DNNL_ARG_DIFF_WEIGHTS, diff_weights},
-                                    {DNNL_ARG_SCRATCHPAD, scratch}});
-  if (!direct) dnnl::reorder(diff_weights, user).execute(stream, diff_weights, user);
-  stream.wait();
-  return ffi::Error::Success();
+  return Guarded([&]() -> ffi::Error {
+    auto g = MakeGeometry(x.dimensions(), dkernel->dimensions(),
+                          dy.dimensions(), x.element_type(), sh, sw, pt, pl, pb,
+                          pr);
+    if (g.has_error()) return g.error();
+    const Plan& plan = PlanFor(g.value());
+    dnnl::stream stream(Engine());
+    memory src(g->Src(), Engine(), x.untyped_data());
+    memory diff_dst(g->Dst(), Engine(), dy.untyped_data());
+    memory user(g->Kernel(Tag::hwio), Engine(), dkernel->untyped_data());
+    bool direct = plan.bwd_weights_kernel == user.get_desc();
+    memory diff_weights =
+        direct ? user : memory(plan.bwd_weights_kernel, Engine());
+    memory scratch(plan.bwd_weights_scratch, Engine());
+    plan.bwd_weights.execute(stream, {{DNNL_ARG_SRC, src},
+                                      {DNNL_ARG_DIFF_DST, diff_dst},
+                                      {DNNL_ARG_DIFF_WEIGHTS, diff_weights},
+                                      {DNNL_ARG_SCRATCHPAD, scratch}});
+    if (!direct) dnnl::reorder(diff_weights, user).execute(stream, diff_weights, user);
+    stream.wait();
+    return ffi::Error::Success();
+  });
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -139,108 +140,102 @@ ffi::ErrorOr<Geometry> MakeGeometry(ffi::AnyBuffer::Dimensions in,
                   pl,        pb,    pr,    dt.value()};
 }
 
-ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer kernel,
-                   ffi::Result<ffi::AnyBuffer> y, int64_t sh, int64_t sw,
-                   int64_t pt, int64_t pl, int64_t pb, int64_t pr) {
+// One call of one handler: the plan of its geometry and oneDNN views of its
+// three buffers. `in` is the NHWC input side (x, or dx), `out` the NHWC
+// output side (y, or dy), `kernel` the HWIO kernel (or its gradient).
+struct Call {
+  const Plan& plan;
+  dnnl::stream stream;
+  memory in, out, kernel;
+
+  // Runs `primitive` on `args` with a scratchpad of its own.
+  void Execute(const dnnl::primitive& primitive, const memory::desc& scratch,
+               std::unordered_map<int, memory> args) {
+    args[DNNL_ARG_SCRATCHPAD] = memory(scratch, Engine());
+    primitive.execute(stream, args);
+  }
+};
+
+template <typename Body>
+ffi::Error Run(ffi::AnyBuffer in, ffi::AnyBuffer kernel, ffi::AnyBuffer out,
+               int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t pb,
+               int64_t pr, Body body) {
   return Guarded([&]() -> ffi::Error {
-    auto g = MakeGeometry(x.dimensions(), kernel.dimensions(), y->dimensions(),
-                          x.element_type(), sh, sw, pt, pl, pb, pr);
+    auto g = MakeGeometry(in.dimensions(), kernel.dimensions(),
+                          out.dimensions(), in.element_type(), sh, sw, pt, pl,
+                          pb, pr);
     if (g.has_error()) return g.error();
-    const Plan& plan = PlanFor(g.value());
-    dnnl::stream stream(Engine());
-    memory src(g->Src(), Engine(), x.untyped_data());
-    memory dst(g->Dst(), Engine(), y->untyped_data());
-    memory user(g->Kernel(Tag::hwio), Engine(), kernel.untyped_data());
-    memory weights = InLayout(user, plan.fwd_kernel, stream);
-    memory scratch(plan.fwd_scratch, Engine());
-    plan.fwd.execute(stream, {{DNNL_ARG_SRC, src},
-                              {DNNL_ARG_WEIGHTS, weights},
-                              {DNNL_ARG_DST, dst},
-                              {DNNL_ARG_SCRATCHPAD, scratch}});
-    stream.wait();
+    Call call{PlanFor(g.value()), dnnl::stream(Engine()),
+              memory(g->Src(), Engine(), in.untyped_data()),
+              memory(g->Dst(), Engine(), out.untyped_data()),
+              memory(g->Kernel(Tag::hwio), Engine(), kernel.untyped_data())};
+    body(call);
+    call.stream.wait();
     return ffi::Error::Success();
+  });
+}
+
+#define CNNFLAX_CONV_PARAMS \
+  int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t pb, int64_t pr
+#define CNNFLAX_CONV_ARGS sh, sw, pt, pl, pb, pr
+
+ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer kernel,
+                   ffi::Result<ffi::AnyBuffer> y, CNNFLAX_CONV_PARAMS) {
+  return Run(x, kernel, *y, CNNFLAX_CONV_ARGS, [](Call& c) {
+    memory weights = InLayout(c.kernel, c.plan.fwd_kernel, c.stream);
+    c.Execute(c.plan.fwd, c.plan.fwd_scratch,
+              {{DNNL_ARG_SRC, c.in},
+               {DNNL_ARG_WEIGHTS, weights},
+               {DNNL_ARG_DST, c.out}});
   });
 }
 
 ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer kernel,
-                        ffi::Result<ffi::AnyBuffer> dx, int64_t sh, int64_t sw,
-                        int64_t pt, int64_t pl, int64_t pb, int64_t pr) {
-  return Guarded([&]() -> ffi::Error {
-    auto g = MakeGeometry(dx->dimensions(), kernel.dimensions(),
-                          dy.dimensions(), dy.element_type(), sh, sw, pt, pl, pb,
-                          pr);
-    if (g.has_error()) return g.error();
-    const Plan& plan = PlanFor(g.value());
-    dnnl::stream stream(Engine());
-    memory diff_dst(g->Dst(), Engine(), dy.untyped_data());
-    memory diff_src(g->Src(), Engine(), dx->untyped_data());
-    memory user(g->Kernel(Tag::hwio), Engine(), kernel.untyped_data());
-    memory weights = InLayout(user, plan.bwd_data_kernel, stream);
-    memory scratch(plan.bwd_data_scratch, Engine());
-    plan.bwd_data.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst},
-                                   {DNNL_ARG_WEIGHTS, weights},
-                                   {DNNL_ARG_DIFF_SRC, diff_src},
-                                   {DNNL_ARG_SCRATCHPAD, scratch}});
-    stream.wait();
-    return ffi::Error::Success();
+                        ffi::Result<ffi::AnyBuffer> dx, CNNFLAX_CONV_PARAMS) {
+  return Run(*dx, kernel, dy, CNNFLAX_CONV_ARGS, [](Call& c) {
+    memory weights = InLayout(c.kernel, c.plan.bwd_data_kernel, c.stream);
+    c.Execute(c.plan.bwd_data, c.plan.bwd_data_scratch,
+              {{DNNL_ARG_DIFF_DST, c.out},
+               {DNNL_ARG_WEIGHTS, weights},
+               {DNNL_ARG_DIFF_SRC, c.in}});
   });
 }
 
 ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
-                           ffi::Result<ffi::AnyBuffer> dkernel, int64_t sh,
-                           int64_t sw, int64_t pt, int64_t pl, int64_t pb,
-                           int64_t pr) {
-  return Guarded([&]() -> ffi::Error {
-    auto g = MakeGeometry(x.dimensions(), dkernel->dimensions(),
-                          dy.dimensions(), x.element_type(), sh, sw, pt, pl, pb,
-                          pr);
-    if (g.has_error()) return g.error();
-    const Plan& plan = PlanFor(g.value());
-    dnnl::stream stream(Engine());
-    memory src(g->Src(), Engine(), x.untyped_data());
-    memory diff_dst(g->Dst(), Engine(), dy.untyped_data());
-    memory user(g->Kernel(Tag::hwio), Engine(), dkernel->untyped_data());
-    bool direct = plan.bwd_weights_kernel == user.get_desc();
-    memory diff_weights =
-        direct ? user : memory(plan.bwd_weights_kernel, Engine());
-    memory scratch(plan.bwd_weights_scratch, Engine());
-    plan.bwd_weights.execute(stream, {{DNNL_ARG_SRC, src},
-                                      {DNNL_ARG_DIFF_DST, diff_dst},
-                                      {DNNL_ARG_DIFF_WEIGHTS, diff_weights},
-                                      {DNNL_ARG_SCRATCHPAD, scratch}});
-    if (!direct) dnnl::reorder(diff_weights, user).execute(stream, diff_weights, user);
-    stream.wait();
-    return ffi::Error::Success();
+                           ffi::Result<ffi::AnyBuffer> dkernel,
+                           CNNFLAX_CONV_PARAMS) {
+  return Run(x, *dkernel, dy, CNNFLAX_CONV_ARGS, [](Call& c) {
+    // Written straight into the result where oneDNN wants HWIO too.
+    bool direct = c.plan.bwd_weights_kernel == c.kernel.get_desc();
+    memory grad = direct ? c.kernel : memory(c.plan.bwd_weights_kernel,
+                                             Engine());
+    c.Execute(c.plan.bwd_weights, c.plan.bwd_weights_scratch,
+              {{DNNL_ARG_SRC, c.in},
+               {DNNL_ARG_DIFF_DST, c.out},
+               {DNNL_ARG_DIFF_WEIGHTS, grad}});
+    if (!direct) dnnl::reorder(grad, c.kernel).execute(c.stream, grad, c.kernel);
   });
 }
 
 }  // namespace
 
-#define CNNFLAX_CONV_ATTRS(binding)   \
-  binding.Attr<int64_t>("stride_h")  \
-      .Attr<int64_t>("stride_w")     \
-      .Attr<int64_t>("pad_top")      \
-      .Attr<int64_t>("pad_left")     \
-      .Attr<int64_t>("pad_bottom")   \
-      .Attr<int64_t>("pad_right")
+// All three handlers take two buffers, return one and read the geometry
+// from the same six attributes.
+static auto ConvBinding() {
+  return ffi::Ffi::Bind()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>()
+      .Ret<ffi::AnyBuffer>()
+      .Attr<int64_t>("stride_h")
+      .Attr<int64_t>("stride_w")
+      .Attr<int64_t>("pad_top")
+      .Attr<int64_t>("pad_left")
+      .Attr<int64_t>("pad_bottom")
+      .Attr<int64_t>("pad_right");
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    CnnflaxConvForward, Forward,
-    CNNFLAX_CONV_ATTRS(ffi::Ffi::Bind()
-                           .Arg<ffi::AnyBuffer>()
-                           .Arg<ffi::AnyBuffer>()
-                           .Ret<ffi::AnyBuffer>()));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    CnnflaxConvBackwardData, BackwardData,
-    CNNFLAX_CONV_ATTRS(ffi::Ffi::Bind()
-                           .Arg<ffi::AnyBuffer>()
-                           .Arg<ffi::AnyBuffer>()
-                           .Ret<ffi::AnyBuffer>()));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    CnnflaxConvBackwardWeights, BackwardWeights,
-    CNNFLAX_CONV_ATTRS(ffi::Ffi::Bind()
-                           .Arg<ffi::AnyBuffer>()
-                           .Arg<ffi::AnyBuffer>()
-                           .Ret<ffi::AnyBuffer>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnflaxConvForward, Forward, ConvBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnflaxConvBackwardData, BackwardData,
+                              ConvBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnflaxConvBackwardWeights, BackwardWeights,
+                              ConvBinding());

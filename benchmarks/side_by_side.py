@@ -228,7 +228,7 @@ def worker_command(name: str, mode: str) -> list[str]:
   spec = MODELS[name]
   timing = [f"--steps={FLAGS.steps}", f"--warmup={FLAGS.warmup}",
             f"--trials={FLAGS.trials}"]
-  bf16 = mode == "cnnflax_bf16" or mode == "torch_bf16"
+  bf16 = mode in ("torch_bf16", "cnnflax_bf16")
   if mode.startswith("torch"):
     return [SCRIPT, "--worker=torch", f"--model={name}", f"--bf16={bf16}",
             f"--torch_threads={FLAGS.torch_threads}", *timing]

@@ -14,6 +14,9 @@ synthetic batch; CIFAR 32x32 batch 128, ResNet-50 224x224 batch 16) in
   cnnflax_bf16  the same with config.half_precision=True
   cnnflax_fp32_xla_conv  cnnflax_fp32 with XLA's own convolutions
                 (CNNFLAX_NATIVE_CONV=0) instead of oneDNN's (cnnflax.native)
+  cnnflax_fp32_autodiff_bn  cnnflax_fp32 with BatchNorm differentiated by
+                autodiff (CNNFLAX_BN_VJP=0) instead of by its hand-written
+                VJP (cnnflax/models/norm.py)
 
 each the median of --trials runs of --steps steps, after one compilation and
 --warmup untimed steps. Every measurement runs in a subprocess of its own, so
@@ -49,7 +52,10 @@ ROOT = os.path.dirname(os.path.dirname(SCRIPT))
 FLAGS = flags.FLAGS
 
 MODES = ("torch_fp32", "torch_bf16", "cnnflax_fp32", "cnnflax_bf16",
-         "cnnflax_fp32_xla_conv")
+         "cnnflax_fp32_xla_conv", "cnnflax_fp32_autodiff_bn")
+# What the ablation modes change in cnnflax_fp32's environment.
+MODE_ENV = {"cnnflax_fp32_xla_conv": {"CNNFLAX_NATIVE_CONV": "0"},
+            "cnnflax_fp32_autodiff_bn": {"CNNFLAX_BN_VJP": "0"}}
 WORKERS = ("torch", "torch_matmul", "xla_matmul")
 
 
@@ -242,9 +248,7 @@ def count_command(name: str) -> list[str]:
 
 
 def worker_env(mode: str) -> dict[str, str]:
-  if mode.endswith("xla_conv"):
-    return {**os.environ, "CNNFLAX_NATIVE_CONV": "0"}
-  return dict(os.environ)
+  return {**os.environ, **MODE_ENV.get(mode, {})}
 
 
 def run_worker(args: list[str], env: dict[str, str] | None = None) -> dict:
@@ -336,8 +340,8 @@ def summary_row(name: str, result: dict, ceiling: float | None) -> str:
                  rate(result.get("torch_fp32"))),
            ratio(rate(result.get("cnnflax_bf16")),
                  rate(result.get("torch_bf16"))), achieved,
-           ratio(rate(result.get("cnnflax_fp32")),
-                 rate(result.get("cnnflax_fp32_xla_conv")))]
+           *(ratio(rate(result.get("cnnflax_fp32")), rate(result.get(mode)))
+             for mode in MODE_ENV)]
   return "| " + " | ".join(cells) + " |"
 
 
@@ -411,10 +415,11 @@ def report(ceilings: dict, results: dict, command: str) -> str:
   ceiling = xla.get("fp32")
   lines += [
       "| model | PyTorch fp32 CL | PyTorch bf16 autocast | cnnflax fp32 | "
-      "cnnflax bf16 | cnnflax fp32, XLA convs | cnnflax fp32 / PyTorch fp32 "
-      "| cnnflax bf16 / PyTorch bf16 | cnnflax fp32 GFLOP/s (fraction of "
-      "ceiling) | oneDNN convs / XLA convs |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+      "cnnflax bf16 | cnnflax fp32, XLA convs | cnnflax fp32, autodiff BN | "
+      "cnnflax fp32 / PyTorch fp32 | cnnflax bf16 / PyTorch bf16 | cnnflax "
+      "fp32 GFLOP/s (fraction of ceiling) | oneDNN convs / XLA convs | "
+      "BN VJP / autodiff BN |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   lines += [summary_row(name, r, ceiling) for name, r in results.items()]
   lines += ["", "| model | mode | batch | images/s | trials | GFLOP/s | "
             "fraction of XLA fp32 matmul | note |",

@@ -84,7 +84,7 @@ class Evaluator:
   """Test error (%) of one trained net under any lesion, one compile."""
 
   def __init__(self, run, variables: dict, num_images: int):
-    from cnnflax import data
+    from cnnflax import data, step
     from cnnflax.models import resnet
     self.model, self.variables = resnet.lesioned(run.model, variables)
     cfg = run.config.dataset
@@ -97,8 +97,8 @@ class Evaluator:
 
     @jax.jit
     def correct(variables, keep, arrays, batch):
-      keys = jax.random.split(jax.random.key(0), batch["mask"].shape[0])
-      images, labels = preprocess(arrays, batch, keys)
+      images, labels = preprocess(
+          arrays, batch, step.no_augmentation(batch["mask"].shape[0]))
       logits = model.apply(variables, images, train=False, keep=keep)
       hit = jnp.argmax(logits, -1) == labels
       return jnp.sum(hit * batch["mask"])

@@ -26,13 +26,14 @@ def test_report_rows():
             "cnnflax_fp32": {"images_per_sec": 200.0, "compile_s": 5.0,
                              "images_per_sec_trials": [190.0, 200.0, 210.0]},
             "cnnflax_bf16": {"images_per_sec": 100.0},
-            "cnnflax_fp32_xla_conv": {"images_per_sec": 160.0}}
+            "cnnflax_fp32_xla_conv": {"images_per_sec": 160.0},
+            "cnnflax_fp32_autodiff_bn": {"images_per_sec": 250.0}}
   row = side_by_side.summary_row("resnet20", result, ceiling=97.32)
   # 6 * 40,551,040 * 200 / 1e9 = 48.66 GFLOP/s, half the 97.32 ceiling.
   assert row == ("| resnet20 | 400.0 | failed | 200.0 | 100.0 | 160.0 | "
-                 "0.50x | - | 48.7 (0.50) | 1.25x |")
+                 "250.0 | 0.50x | - | 48.7 (0.50) | 1.25x | 0.80x |")
   rows = side_by_side.detail_rows("resnet20", result, ceiling=97.32)
-  assert len(rows) == 5
+  assert len(rows) == 6
   assert "| 190.0, 200.0, 210.0 | 48.7 | 0.500 | compile 5.0 s |" in rows[2]
 
 
@@ -64,7 +65,10 @@ def test_benchmark_times_one_compiled_step_several_times():
   assert set(line["step_ms"]) == {"median", "min", "max"}
 
 
-def test_xla_conv_mode_turns_the_native_convolution_off():
+def test_ablation_modes_turn_one_thing_off():
   assert side_by_side.worker_env("cnnflax_fp32_xla_conv")[
       "CNNFLAX_NATIVE_CONV"] == "0"
-  assert "CNNFLAX_NATIVE_CONV" not in side_by_side.worker_env("cnnflax_fp32")
+  assert side_by_side.worker_env("cnnflax_fp32_autodiff_bn")[
+      "CNNFLAX_BN_VJP"] == "0"
+  plain = side_by_side.worker_env("cnnflax_fp32")
+  assert "CNNFLAX_NATIVE_CONV" not in plain and "CNNFLAX_BN_VJP" not in plain

@@ -48,7 +48,8 @@ def test_small_images_are_padded_to_the_image_size():
 def test_pad_crop_flip_moves_and_mirrors_but_keeps_pixels():
   image = jnp.arange(4 * 4 * 3, dtype=jnp.uint8).reshape(4, 4, 3) + 1
   crops = jax.vmap(augment.pad_crop_flip, (0, None, None, None))(
-      jax.random.split(jax.random.key(0), 200), image, 1, True)
+      jax.random.bits(jax.random.key(0), (200, augment.WORDS), jnp.uint32),
+      image, 1, True)
   assert all(c.shape == image.shape for c in crops)
   assert any(jnp.array_equal(c, image) for c in crops)
   assert any(jnp.array_equal(c, image[:, ::-1]) for c in crops)
@@ -68,8 +69,8 @@ def test_normalised_device_batch_has_zero_mean_unit_std():
   dataset = data.load(cfg)
   fn = data.device_preprocess(dataset, cfg, train=False)
   arrays = data.device_arrays(dataset, cfg, train=True)
-  keys = jax.random.split(jax.random.key(0), 256)
-  images, labels = fn(arrays, {"index": np.arange(256)}, keys)
+  words = jax.random.bits(jax.random.key(0), (256, augment.WORDS), jnp.uint32)
+  images, labels = fn(arrays, {"index": np.arange(256)}, words)
   assert images.shape == (256, 32, 32, 1)
   np.testing.assert_allclose(float(images.mean()), 0.0, atol=1e-3)
   np.testing.assert_allclose(float(images.std()), 1.0, atol=1e-3)

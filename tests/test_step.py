@@ -77,17 +77,18 @@ def test_per_device_batch_norm_normalises_per_device():
   assert abs(float(synced["loss"]) - float(local["loss"])) > 1e-4
 
 
-def test_example_keys_do_not_depend_on_device_count():
+def test_example_words_do_not_depend_on_device_count():
   key = jax.random.key(3)
 
-  def keys_on(n):
+  def words_on(n):
     mesh = Mesh(np.array(jax.devices()[:n]), (step.AXIS,))
-    fn = jax.shard_map(lambda k: jax.random.key_data(step.example_keys(k, 8 // n)),
-                       mesh=mesh, in_specs=P(), out_specs=P(step.AXIS))
+    fn = jax.shard_map(lambda k: step.example_words(k, 8 // n), mesh=mesh,
+                       in_specs=P(), out_specs=P(step.AXIS))
     return np.asarray(jax.jit(fn)(key))
 
-  np.testing.assert_array_equal(keys_on(1), keys_on(8))
-  assert len({tuple(k) for k in keys_on(8)}) == 8  # one stream per example
+  np.testing.assert_array_equal(words_on(1), words_on(8))
+  assert words_on(8).shape == (8, 3)
+  assert len({tuple(w) for w in words_on(8)}) == 8  # one draw per example
 
 
 def test_batch_not_divisible_by_devices_is_refused():

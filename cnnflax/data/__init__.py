@@ -238,21 +238,21 @@ def device_preprocess(dataset: Dataset, cfg, train: bool, dtype=jnp.float32):
   """The jax half of the input pipeline, run inside the compiled step:
   gathers from device-resident data, augments and normalises.
 
-  Returns fn(arrays, batch, keys) -> (images, labels); `arrays` holds the
-  split's images/labels for on-device data (else None), `keys` one PRNG key
-  per example.
+  Returns fn(arrays, batch, words) -> (images, labels); `arrays` holds the
+  split's images/labels for on-device data (else None), `words` the uint32
+  [batch, augment.WORDS] random words of each example's augmentation.
   """
   mean = jnp.asarray(dataset.mean)
   std = jnp.asarray(dataset.std)
   kind = cfg.augment if train else "none"
 
-  def fn(arrays, batch, keys):
+  def fn(arrays, batch, words):
     if arrays is not None:
       images = arrays["images"][batch["index"]]
       labels = arrays["labels"][batch["index"]]
     else:
       images, labels = batch["image"], batch["label"]
-    images = augment.augment_batch(keys, images, kind, cfg.crop_padding,
+    images = augment.augment_batch(words, images, kind, cfg.crop_padding,
                                    cfg.flip)
     return augment.normalize(images, mean, std, dtype), labels
 

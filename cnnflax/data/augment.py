@@ -20,32 +20,41 @@ def normalize(images: jax.Array, mean: jax.Array, std: jax.Array,
   return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
 
 
-def pad_crop_flip(key: jax.Array, image: jax.Array, padding: int,
+# Random 32-bit words each example's device augmentation draws: crop row,
+# crop column, flip.
+WORDS = 3
+
+
+def pad_crop_flip(words: jax.Array, image: jax.Array, padding: int,
                   flip: bool) -> jax.Array:
-  """CIFAR augmentation (He et al. 2016): zero pad, random crop, flip."""
+  """CIFAR augmentation (He et al. 2016): zero pad, random crop, flip.
+
+  `words` are WORDS uniform uint32s; a modulo of one by 2*padding+1 is
+  uniform to within 2**-28.
+  """
   h, w, c = image.shape
-  crop_key, flip_key = jax.random.split(key)
   if padding:
     image = jnp.pad(image, ((padding, padding), (padding, padding), (0, 0)))
-    dy, dx = jax.random.randint(crop_key, (2,), 0, 2 * padding + 1)
+    dy, dx = (words[:2] % (2 * padding + 1)).astype(jnp.int32)
     image = jax.lax.dynamic_slice(image, (dy, dx, 0), (h, w, c))
   if flip:
-    image = jnp.where(jax.random.bernoulli(flip_key), image[:, ::-1], image)
+    image = flip_only(words, image)
   return image
 
 
-def flip_only(key: jax.Array, image: jax.Array) -> jax.Array:
-  return jnp.where(jax.random.bernoulli(key), image[:, ::-1], image)
+def flip_only(words: jax.Array, image: jax.Array) -> jax.Array:
+  return jnp.where(words[2] & 1 == 1, image[:, ::-1], image)
 
 
-def augment_batch(keys: jax.Array, images: jax.Array, kind: str,
+def augment_batch(words: jax.Array, images: jax.Array, kind: str,
                   padding: int, flip: bool) -> jax.Array:
-  """Applies the named augmentation to a batch of uint8 NHWC images."""
+  """Applies the named augmentation to a batch of uint8 NHWC images;
+  `words` is uint32 [batch, WORDS]."""
   if kind == "cifar":
-    return jax.vmap(pad_crop_flip, (0, 0, None, None))(keys, images, padding,
+    return jax.vmap(pad_crop_flip, (0, 0, None, None))(words, images, padding,
                                                         flip)
   if kind == "imagenet" and flip:  # crops were taken on the host
-    return jax.vmap(flip_only)(keys, images)
+    return jax.vmap(flip_only)(words, images)
   return images
 
 

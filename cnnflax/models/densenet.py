@@ -79,7 +79,7 @@ class BNReLUConv(nn.Module):
   def __call__(self, x, train: bool) -> jax.Array:
     if isinstance(x, (list, tuple)):
       x = jnp.concatenate(x, axis=-1)
-    x = nn.relu(batch_norm(train, self.dtype, self.axis_name, name="bn")(x))
+    x = batch_norm(train, self.dtype, self.axis_name, relu=True, name="bn")(x)
     k = self.kernel
     x = Conv(self.features, (k, k), (1, 1), k // 2, use_bias=False,
              kernel_init=he_init, dtype=self.dtype, name="conv")(x)
@@ -218,8 +218,9 @@ class DenseNet(nn.Module):
         x = BNReLUConv(widths[b], 1, self.dropout_rate, self.dtype,
                        self.axis_name, name=f"transition{b + 1}")(x, train)
         x = nn.avg_pool(x, (2, 2), (2, 2))
-    x = batch_norm(train, self.dtype, self.axis_name, name="final_bn")(x)
-    x = jnp.mean(nn.relu(x), axis=(1, 2))
+    x = batch_norm(train, self.dtype, self.axis_name, relu=True,
+                   name="final_bn")(x)
+    x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
 
   def _stem(self, x, train):
@@ -229,8 +230,8 @@ class DenseNet(nn.Module):
                   kernel_init=he_init, dtype=self.dtype, name="stem_conv")(x)
     x = Conv(width, (7, 7), (2, 2), 3, use_bias=False, kernel_init=he_init,
              dtype=self.dtype, name="stem_conv")(x)
-    x = nn.relu(batch_norm(train, self.dtype, self.axis_name,
-                           name="stem_bn")(x))
+    x = batch_norm(train, self.dtype, self.axis_name, relu=True,
+                   name="stem_bn")(x)
     return nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1)] * 2)
 
 

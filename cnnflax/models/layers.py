@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from cnnflax import native
+from cnnflax.models.norm import BatchNorm
 
 Dtype = Any
 
@@ -72,19 +73,30 @@ class ConvBNAct(nn.Module):
                 feature_group_count=self.groups, use_bias=not self.batch_norm,
                 kernel_init=self.kernel_init, dtype=self.dtype)(x)
     if self.batch_norm:
-      x = batch_norm(train, self.dtype, self.axis_name)(x)
+      return bn_act(train, self.dtype, self.axis_name, self.act)(x)
     return activation(self.act)(x)
 
 
 def batch_norm(train: bool, dtype: Dtype, axis_name: str | None,
-               **kwargs: Any) -> nn.BatchNorm:
+               **kwargs: Any) -> BatchNorm:
   """BatchNorm with the torch/Caffe momentum (0.9) and epsilon (1e-5).
 
   `axis_name` set: statistics are computed over the global batch (synchronised
-  across replicas); None: over each device's part of it.
+  across replicas); None: over each device's part of it. `relu=True` fuses a
+  ReLU after it (see norm.py).
   """
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                      epsilon=1e-5, dtype=dtype, axis_name=axis_name, **kwargs)
+  return BatchNorm(use_running_average=not train, momentum=0.9,
+                   epsilon=1e-5, dtype=dtype, axis_name=axis_name, **kwargs)
+
+
+def bn_act(train: bool, dtype: Dtype, axis_name: str | None, act: str,
+           **kwargs: Any) -> Callable[[jax.Array], jax.Array]:
+  """BatchNorm then the named activation; a ReLU runs inside BatchNorm."""
+  if act == "relu":
+    return batch_norm(train, dtype, axis_name, relu=True, **kwargs)
+  fn = activation(act)
+  bn = batch_norm(train, dtype, axis_name, **kwargs)
+  return lambda x: fn(bn(x))
 
 
 def check_rate(field: str, value: float) -> None:
@@ -312,10 +324,10 @@ class DepthwiseSeparable(nn.Module):
     x = Conv(channels, (3, 3), (s, s), 1, use_bias=False, groups=channels,
              impl=self.impl, kernel_init=self.kernel_init, dtype=self.dtype,
              name="depthwise")(x)
-    x = batch_norm(train, self.dtype, self.axis_name, name="depthwise_bn")(x)
-    x = activation(self.act)(x)
+    x = bn_act(train, self.dtype, self.axis_name, self.act,
+               name="depthwise_bn")(x)
     x = Conv(self.features, (1, 1), use_bias=False, impl=self.impl,
              kernel_init=self.kernel_init, dtype=self.dtype,
              name="pointwise")(x)
-    x = batch_norm(train, self.dtype, self.axis_name, name="pointwise_bn")(x)
-    return activation(self.pointwise_act)(x)
+    return bn_act(train, self.dtype, self.axis_name, self.pointwise_act,
+                  name="pointwise_bn")(x)

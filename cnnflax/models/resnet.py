@@ -21,8 +21,8 @@ import jax.numpy as jnp
 
 from cnnflax import native
 from cnnflax.models import register_model
-from cnnflax.models.layers import (Conv, activation, batch_norm, check_choice,
-                                   residual_merge)
+from cnnflax.models.layers import (Conv, activation, batch_norm, bn_act,
+                                   check_choice, residual_merge)
 
 UNITS = ("original", "bn_after_add", "relu_before_add", "relu_only_preact",
          "full_preact")
@@ -109,7 +109,7 @@ class ResidualUnit(nn.Module):
     if self.unit == "original":
       return act(y)
     if self.unit == "bn_after_add":
-      return act(self._bn(train, "bn_add")(y))
+      return self._bn(train, "bn_add", act=True)(y)
     return y
 
   # --- the residual branch --------------------------------------------------
@@ -128,7 +128,7 @@ class ResidualUnit(nn.Module):
     for i, (features, k, s, groups) in enumerate(specs):
       last = i == len(specs) - 1
       if self.unit == "full_preact" and not (i == 0 and skip_first_pre):
-        x = act(self._bn(train, f"bn{i}")(x))
+        x = self._bn(train, f"bn{i}", act=True)(x)
       elif self.unit == "relu_only_preact" and not (i == 0 and skip_first_pre):
         x = act(x)
       x = Conv(features, (k, k), (s, s), k // 2, not self.use_bn, groups,
@@ -137,20 +137,23 @@ class ResidualUnit(nn.Module):
         x = self._bn(train, f"bn{i}", zero=last and self.zero_init_last)(x)
       elif self.unit != "full_preact":
         if not (last and self.unit == "bn_after_add"):
-          x = self._bn(train, f"bn{i}", zero=last and self.zero_init_last)(x)
-        if not last or self.unit == "relu_before_add":
-          x = act(x)
+          x = self._bn(train, f"bn{i}", zero=last and self.zero_init_last,
+                       act=not last or self.unit == "relu_before_add")(x)
     return x
 
   def _pre(self, x, train, act):
     if self.unit == "full_preact":
-      x = self._bn(train, "bn0")(x)
+      return self._bn(train, "bn0", act=True)(x)
     return act(x)
 
-  def _bn(self, train, name, zero=False):
+  def _bn(self, train, name, zero=False, act=False):
+    """BatchNorm, followed by the unit's activation where `act`."""
     if not self.use_bn:
-      return lambda x: x
+      return activation(self.act) if act else lambda x: x
     init = nn.initializers.zeros if zero else nn.initializers.ones
+    if act:
+      return bn_act(train, self.dtype, self.axis_name, self.act,
+                    scale_init=init, name=name)
     return batch_norm(train, self.dtype, self.axis_name, scale_init=init,
                       name=name)
 
@@ -420,10 +423,10 @@ class ResNet(nn.Module):
       x = self._scanned_stages(x, train, survival, keep)
     else:
       x = self._unrolled_stages(x, train, survival, keep)
-    if self.unit == "full_preact":
-      x = batch_norm(train, self.dtype, self.axis_name, name="final_bn")(x) \
-          if self.batch_norm else x
-    if self.unit in PREACT_UNITS:
+    if self.unit == "full_preact" and self.batch_norm:
+      x = bn_act(train, self.dtype, self.axis_name, self.activation,
+                 name="final_bn")(x)
+    elif self.unit in PREACT_UNITS:
       x = activation(self.activation)(x)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
@@ -443,8 +446,10 @@ class ResNet(nn.Module):
                impl=self.conv_impl_used, kernel_init=he_init,
                dtype=self.dtype, name="stem_conv")(x)
     if self.batch_norm:
-      x = batch_norm(train, self.dtype, self.axis_name, name="stem_bn")(x)
-    x = act(x)
+      x = bn_act(train, self.dtype, self.axis_name, self.activation,
+                 name="stem_bn")(x)
+    else:
+      x = act(x)
     if self.stem == "imagenet":
       x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1)] * 2)
     return x

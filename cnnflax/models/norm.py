@@ -1,0 +1,142 @@
+"""BatchNorm with a hand-written VJP and an optional fused ReLU.
+
+`BatchNorm` has nn.BatchNorm's variables (params scale/bias, batch_stats
+mean/var), statistics (float32, E[x^2] - E[x]^2, biased variance in the
+running average) and synchronisation (`axis_name`), so checkpoints and
+parameter counts are unchanged. What differs is the program XLA gets:
+
+- forward: two reductions and one pass that writes y = relu(x * a + b),
+  where autodiff of nn.BatchNorm + relu materialises x - mean, the
+  normalised x and its ReLU (three tensors written);
+- backward: two reductions and one pass for dx, recomputing x_hat from x.
+
+On a ResNet-20 BN+ReLU (128x32x32x16, CPU) forward+backward took 2.2 ms
+against 4.8 ms for nn.BatchNorm + nn.relu (issue 8). CNNFLAX_BN_VJP=0 runs
+the same forward under plain autodiff instead (for comparisons).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+
+def _sums(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-channel sums of a and a * b over all but the last axis."""
+  axes = tuple(range(a.ndim - 1))
+  return jnp.sum(a, axes), jnp.sum(a * b, axes)
+
+
+def _count(x: jax.Array, axis_name: str | None):
+  n = int(np.prod(x.shape[:-1]))
+  return n if axis_name is None else n * lax.psum(1, axis_name)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def normalize(x, scale, bias, relu: bool, epsilon: float,
+              axis_name: str | None, dtype):
+  """Training-mode BatchNorm (+ ReLU): returns (y, batch mean, batch var)."""
+  return _forward(x, scale, bias, relu, epsilon, axis_name, dtype)[0]
+
+
+def _forward(x, scale, bias, relu, epsilon, axis_name, dtype):
+  xf = x.astype(jnp.float32)
+  total, squares = _sums(xf, xf)
+  if axis_name is not None:
+    total, squares = lax.psum((total, squares), axis_name)
+  n = _count(x, axis_name)
+  mean = total / n
+  var = jnp.maximum(squares / n - mean * mean, 0.)
+  rstd = lax.rsqrt(var + epsilon)
+  y = affine(xf, scale * rstd, bias - mean * scale * rstd, relu, dtype)
+  saved = (x, y if relu else None, mean, rstd, scale, bias)
+  return (y, mean, var), saved
+
+
+def _backward(relu, epsilon, axis_name, dtype, saved, cotangents):
+  del epsilon, dtype
+  x, y, mean, rstd, scale, bias = saved
+  g = cotangents[0]
+  if relu:
+    g = jnp.where(y > 0, g, 0).astype(g.dtype)
+  gf, xf = g.astype(jnp.float32), x.astype(jnp.float32)
+  g_sum, gx_sum = _sums(gf, xf)
+  # d scale, d bias: this device's examples only, like autodiff of the
+  # local loss (the train step averages them across devices), summed over
+  # the devices where scale and bias are not per-device values.
+  d_bias = _like(g_sum, bias)
+  d_scale = _like((gx_sum - mean * g_sum) * rstd, scale)
+  if axis_name is not None:  # x moved the global statistics
+    g_sum, gx_sum = lax.psum((g_sum, gx_sum), axis_name)
+  n = _count(x, axis_name)
+  g_xhat = (gx_sum - mean * g_sum) * rstd  # sum of g * x_hat
+  k = scale * rstd
+  # dx = k * (g - mean(g) - x_hat * mean(g * x_hat)), as a * g + b * x + c
+  b = -k * rstd * g_xhat / n
+  c = -k * g_sum / n - b * mean
+  dx = gf * k + xf * b + c
+  return _like(dx.astype(x.dtype), x), d_scale, d_bias
+
+
+def _like(cotangent, primal):
+  """Sums a cotangent over the shard_map axes it varies along and its
+  primal does not, as autodiff would; outside shard_map there are none."""
+  def varying(a):
+    return jax.typeof(a).manual_axis_type.varying
+  extra = varying(cotangent) - varying(primal)
+  return lax.psum(cotangent, tuple(sorted(extra))) if extra else cotangent
+
+
+normalize.defvjp(_forward, _backward)
+
+
+def _autodiff(*args):
+  return _forward(*args)[0]
+
+
+def affine(x, a, b, relu: bool, dtype):
+  y = x.astype(jnp.float32) * a + b
+  return (jnp.maximum(y, 0.) if relu else y).astype(dtype)
+
+
+class BatchNorm(nn.Module):
+  """nn.BatchNorm (features last), with `relu=True` applying a ReLU after it
+  inside the same VJP."""
+  use_running_average: bool = False
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+  dtype: Any = None
+  axis_name: str | None = None
+  relu: bool = False
+  scale_init: Callable = nn.initializers.ones
+  bias_init: Callable = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = (x.shape[-1],)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features,
+                            jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, features,
+                           jnp.float32)
+    scale = self.param("scale", self.scale_init, features, jnp.float32)
+    bias = self.param("bias", self.bias_init, features, jnp.float32)
+    dtype = self.dtype or jnp.result_type(x, scale)
+    if self.use_running_average:
+      rstd = lax.rsqrt(ra_var.value + self.epsilon)
+      return affine(x, scale * rstd, bias - ra_mean.value * scale * rstd,
+                    self.relu, dtype)
+    initializing = self.is_initializing()
+    fn = _autodiff if os.environ.get("CNNFLAX_BN_VJP") == "0" else normalize
+    y, mean, var = fn(x, scale, bias, self.relu, self.epsilon,
+                      None if initializing else self.axis_name, dtype)
+    if not initializing:
+      m = self.momentum
+      ra_mean.value = m * ra_mean.value + (1 - m) * mean
+      ra_var.value = m * ra_var.value + (1 - m) * var
+    return y

@@ -29,32 +29,3 @@ def _add_default_xla_flags() -> None:
 
 
 _add_default_xla_flags()
-
-# glibc malloc options, set before jax starts its threads. XLA:CPU allocates
-# each step's temporaries (hundreds of MB) on a worker thread; glibc serves a
-# request that big from a thread arena with a fresh mmap and unmaps it when
-# freed, so every step faults all its pages in again (ResNet-20: 61k page
-# faults, 0.16 s of kernel time a step). One arena, no mmap and no trimming
-# keep those pages mapped between steps (12k faults, 0.03 s). The cost:
-# freed memory stays with the process. CNNFLAX_MALLOC_DEFAULTS=0 turns this
-# off; nothing happens where the C library is not glibc.
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-
-
-def _set_malloc_defaults() -> None:
-  if os.environ.get("CNNFLAX_MALLOC_DEFAULTS", "1") == "0":
-    return
-  import ctypes
-  try:
-    libc = ctypes.CDLL(None)
-    mallopt = libc.mallopt
-    libc.gnu_get_libc_version  # glibc only
-  except (OSError, AttributeError):
-    return
-  mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-  for option, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0),
-                        (_M_TRIM_THRESHOLD, 2**31 - 1)):
-    mallopt(option, value)
-
-
-_set_malloc_defaults()

@@ -234,10 +234,10 @@ class Conv(nn.Module):
   else lax.conv) or `impl="matmul"` (patches x one matmul; for a depthwise
   convolution, groups == in == out channels, the patches weighted per channel
   and summed). `impl="auto"`: native where it runs, else xla.
-  On a 2-core AVX-512 CPU the train step runs 1.14-1.42x faster with
-  oneDNN's convolutions than with XLA's (benchmarks/). Inside a scanned loop XLA:CPU runs
-  lax.conv with a naive kernel, about 20x slower than the matmul form; its
-  depthwise convolutions are 7-30x slower than the weighted sum."""
+  On a 2-core AVX-512 CPU the train step runs 1.07-1.67x faster with
+  oneDNN's convolutions than with XLA's (benchmarks/). Inside a scanned loop
+  XLA:CPU runs lax.conv with a naive kernel, about 20x slower than the matmul
+  form; its depthwise convolutions are 7-30x slower than the weighted sum."""
   features: int
   kernel_size: tuple[int, int] = (3, 3)
   strides: tuple[int, int] = (1, 1)

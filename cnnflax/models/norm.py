@@ -54,7 +54,7 @@ def _forward(x, scale, bias, relu, epsilon, axis_name, dtype):
   mean = total / n
   var = jnp.maximum(squares / n - mean * mean, 0.)
   rstd = lax.rsqrt(var + epsilon)
-  y = affine(xf, scale * rstd, bias - mean * scale * rstd, relu, dtype)
+  y = affine(xf, scale, bias, mean, rstd, relu, dtype)
   saved = (x, y if relu else None, mean, rstd, scale, bias)
   return (y, mean, var), saved
 
@@ -100,8 +100,10 @@ def _autodiff(*args):
   return _forward(*args)[0]
 
 
-def affine(x, a, b, relu: bool, dtype):
-  y = x.astype(jnp.float32) * a + b
+def affine(x, scale, bias, mean, rstd, relu: bool, dtype):
+  """(x - mean) * rstd * scale + bias (+ ReLU), as one multiply-add."""
+  a = scale * rstd
+  y = x.astype(jnp.float32) * a + (bias - mean * a)
   return (jnp.maximum(y, 0.) if relu else y).astype(dtype)
 
 
@@ -129,8 +131,7 @@ class BatchNorm(nn.Module):
     dtype = self.dtype or jnp.result_type(x, scale)
     if self.use_running_average:
       rstd = lax.rsqrt(ra_var.value + self.epsilon)
-      return affine(x, scale * rstd, bias - ra_mean.value * scale * rstd,
-                    self.relu, dtype)
+      return affine(x, scale, bias, ra_mean.value, rstd, self.relu, dtype)
     initializing = self.is_initializing()
     fn = _autodiff if os.environ.get("CNNFLAX_BN_VJP") == "0" else normalize
     y, mean, var = fn(x, scale, bias, self.relu, self.epsilon,

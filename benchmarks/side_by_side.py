@@ -9,7 +9,9 @@ weight decay and Nesterov as the model's config sets them, on one fixed
 synthetic batch; CIFAR 32x32 batch 128, ResNet-50 224x224 batch 16) in
 
   torch_fp32    PyTorch eager, channels_last, float32
-  torch_bf16    the same under torch.autocast("cpu", dtype=torch.bfloat16)
+  torch_fp32_tcmalloc  the same with tcmalloc preloaded, the allocator
+                cnnflax's entry points run with (cnnflax.allocator)
+  torch_bf16    torch_fp32 under torch.autocast("cpu", dtype=torch.bfloat16)
   cnnflax_fp32  the real cnnflax train step (python -m cnnflax.benchmark)
   cnnflax_bf16  the same with config.half_precision=True
   cnnflax_fp32_xla_conv  cnnflax_fp32 with XLA's own convolutions
@@ -17,6 +19,8 @@ synthetic batch; CIFAR 32x32 batch 128, ResNet-50 224x224 batch 16) in
   cnnflax_fp32_autodiff_bn  cnnflax_fp32 with BatchNorm differentiated by
                 autodiff (CNNFLAX_BN_VJP=0) instead of by its hand-written
                 VJP (cnnflax/models/norm.py)
+  cnnflax_fp32_system_malloc  cnnflax_fp32 with the C library's malloc
+                (CNNFLAX_ALLOCATOR=system)
 
 each the median of --trials runs of --steps steps, after one compilation and
 --warmup untimed steps. Every measurement runs in a subprocess of its own, so
@@ -51,11 +55,28 @@ SCRIPT = os.path.abspath(__file__)
 ROOT = os.path.dirname(os.path.dirname(SCRIPT))
 FLAGS = flags.FLAGS
 
-MODES = ("torch_fp32", "torch_bf16", "cnnflax_fp32", "cnnflax_bf16",
-         "cnnflax_fp32_xla_conv", "cnnflax_fp32_autodiff_bn")
-# What the ablation modes change in cnnflax_fp32's environment.
-MODE_ENV = {"cnnflax_fp32_xla_conv": {"CNNFLAX_NATIVE_CONV": "0"},
-            "cnnflax_fp32_autodiff_bn": {"CNNFLAX_BN_VJP": "0"}}
+# Each mode and its column in the summary table.
+MODES = {"torch_fp32": "PyTorch fp32 CL",
+         "torch_fp32_tcmalloc": "PyTorch fp32 CL, tcmalloc",
+         "torch_bf16": "PyTorch bf16 autocast",
+         "cnnflax_fp32": "cnnflax fp32",
+         "cnnflax_bf16": "cnnflax bf16",
+         "cnnflax_fp32_xla_conv": "cnnflax fp32, XLA convs",
+         "cnnflax_fp32_autodiff_bn": "cnnflax fp32, autodiff BN",
+         "cnnflax_fp32_system_malloc": "cnnflax fp32, C library malloc"}
+# The ablations: what each changes in cnnflax_fp32's environment, and the
+# column of cnnflax_fp32's speed-up over it.
+ABLATIONS = {
+    "cnnflax_fp32_xla_conv": ({"CNNFLAX_NATIVE_CONV": "0"},
+                              "oneDNN convs / XLA convs"),
+    "cnnflax_fp32_autodiff_bn": ({"CNNFLAX_BN_VJP": "0"},
+                                 "BN VJP / autodiff BN"),
+    "cnnflax_fp32_system_malloc": ({"CNNFLAX_ALLOCATOR": "system"},
+                                   "cnnflax allocator / C library malloc")}
+# The head-to-head ratios: (numerator mode, denominator mode).
+RATIOS = (("cnnflax_fp32", "torch_fp32"),
+          ("cnnflax_fp32", "torch_fp32_tcmalloc"),
+          ("cnnflax_bf16", "torch_bf16"))
 WORKERS = ("torch", "torch_matmul", "xla_matmul")
 
 
@@ -234,7 +255,7 @@ def worker_command(name: str, mode: str) -> list[str]:
   spec = MODELS[name]
   timing = [f"--steps={FLAGS.steps}", f"--warmup={FLAGS.warmup}",
             f"--trials={FLAGS.trials}"]
-  bf16 = mode in ("torch_bf16", "cnnflax_bf16")
+  bf16 = mode.endswith("bf16")
   if mode.startswith("torch"):
     return [SCRIPT, "--worker=torch", f"--model={name}", f"--bf16={bf16}",
             f"--torch_threads={FLAGS.torch_threads}", *timing]
@@ -248,7 +269,16 @@ def count_command(name: str) -> list[str]:
 
 
 def worker_env(mode: str) -> dict[str, str]:
-  return {**os.environ, **MODE_ENV.get(mode, {})}
+  """The mode's environment; ValueError where it cannot be had (no
+  tcmalloc for torch_fp32_tcmalloc)."""
+  if mode == "torch_fp32_tcmalloc":
+    repo_on_path()
+    from cnnflax import allocator
+    extra = allocator.plan({allocator.ENV: "tcmalloc"},
+                           allocator.find_tcmalloc, lambda: False)
+  else:
+    extra = ABLATIONS.get(mode, ({}, ""))[0]
+  return {**os.environ, **extra}
 
 
 def run_worker(args: list[str], env: dict[str, str] | None = None) -> dict:
@@ -291,8 +321,12 @@ def measure(models: list[str], modes: list[str]) -> tuple[dict, dict]:
     results[name] = {"count": run_worker(count_command(name))}
     for mode in modes:
       log(f"{name} {mode} ...")
-      results[name][mode] = run_worker(worker_command(name, mode),
-                                       worker_env(mode))
+      try:
+        env = worker_env(mode)
+      except ValueError as e:
+        results[name][mode] = {"error": str(e)}
+      else:
+        results[name][mode] = run_worker(worker_command(name, mode), env)
       log(f"  {progress(results[name][mode])}")
   return ceilings, results
 
@@ -336,13 +370,20 @@ def summary_row(name: str, result: dict, ceiling: float | None) -> str:
   if gflops and ceiling:
     achieved += f" ({share(gflops, ceiling):.2f})"
   cells = [name, *(rate_cell(result.get(m)) for m in MODES),
-           ratio(rate(result.get("cnnflax_fp32")),
-                 rate(result.get("torch_fp32"))),
-           ratio(rate(result.get("cnnflax_bf16")),
-                 rate(result.get("torch_bf16"))), achieved,
+           *(ratio(rate(result.get(a)), rate(result.get(b)))
+             for a, b in RATIOS), achieved,
            *(ratio(rate(result.get("cnnflax_fp32")), rate(result.get(mode)))
-             for mode in MODE_ENV)]
+             for mode in ABLATIONS)]
   return "| " + " | ".join(cells) + " |"
+
+
+def summary_header() -> list[str]:
+  names = ["model", *MODES.values(),
+           *(f"{MODES[a]} / {MODES[b]}" for a, b in RATIOS),
+           "cnnflax fp32 GFLOP/s (fraction of ceiling)",
+           *(label for _, label in ABLATIONS.values())]
+  return ["| " + " | ".join(names) + " |",
+          "|---|" + "---:|" * (len(names) - 1)]
 
 
 def detail_rows(name: str, result: dict, ceiling: float | None) -> list[str]:
@@ -369,7 +410,7 @@ def twin_warnings(results: dict) -> list[str]:
   lines = []
   for name, result in results.items():
     count = result.get("count", {})
-    for mode in ("torch_fp32", "torch_bf16"):
+    for mode in ("torch_fp32", "torch_fp32_tcmalloc", "torch_bf16"):
       entry = result.get(mode) or {}
       for key, theirs in (("params", "params"), ("flops", "forward_macs")):
         if theirs in entry and count.get(key) not in (None, entry[theirs]):
@@ -413,13 +454,7 @@ def report(ceilings: dict, results: dict, command: str) -> str:
       "fraction: of the XLA fp32 matmul ceiling", ""]
   lines += [l + "  " for l in twin_warnings(results)]
   ceiling = xla.get("fp32")
-  lines += [
-      "| model | PyTorch fp32 CL | PyTorch bf16 autocast | cnnflax fp32 | "
-      "cnnflax bf16 | cnnflax fp32, XLA convs | cnnflax fp32, autodiff BN | "
-      "cnnflax fp32 / PyTorch fp32 | cnnflax bf16 / PyTorch bf16 | cnnflax "
-      "fp32 GFLOP/s (fraction of ceiling) | oneDNN convs / XLA convs | "
-      "BN VJP / autodiff BN |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  lines += summary_header()
   lines += [summary_row(name, r, ceiling) for name, r in results.items()]
   lines += ["", "| model | mode | batch | images/s | trials | GFLOP/s | "
             "fraction of XLA fp32 matmul | note |",

@@ -5,9 +5,10 @@
 Prints one JSON line: images_per_sec (steps run back to back, one sync at the
 end; with --trials=N the median of N such runs of the one compiled step, all
 N in images_per_sec_trials), step_ms median/min/max (each step synced),
-compile_s (XLA compilation of the train step), trace_s (tracing and lowering
-it), init_s (jitted initialisation, compile included), devices, batch_size,
-peak memory where the backend reports it, and `memory`: XLA's account of the
+compile_s (XLA compilation of the train step), trace_s (tracing and
+lowering it), init_s (jitted initialisation, compile included), devices,
+batch_size, allocator (the process's malloc: see cnnflax.allocator), peak
+memory where the backend reports it, and `memory`: XLA's account of the
 compiled step's buffers in bytes (temp: activations and other scratch;
 argument, output, alias: state and batch in, state out, and what is updated
 in place), known from compilation alone.
@@ -19,13 +20,17 @@ import resource
 import statistics
 import time
 
+if __name__ == "__main__":  # before jax loads: nothing before it survives
+  from cnnflax import allocator
+  allocator.use_fast()
+
 import jax
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
 import cnnflax  # noqa: F401  (fast XLA defaults)
-from cnnflax import data, train
+from cnnflax import allocator, data, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -76,6 +81,7 @@ def benchmark(config: ml_collections.ConfigDict, steps: int,
             "devices": run.devices.count, "backend": jax.default_backend(),
             "batch_size": config.batch_size,
             "half_precision": config.half_precision,
+            "allocator": allocator.describe(),
             "memory": compiled_memory(train_fn)}
   if steps <= 0:  # compile and initialisation only
     return {**result, **peak_memory()}

@@ -9,6 +9,8 @@ import statistics
 import subprocess
 import sys
 
+import pytest
+
 from benchmarks import side_by_side
 from tests.conftest import ROOT
 
@@ -22,6 +24,7 @@ def test_achieved_gflops_counts_forward_and_backward():
 def test_report_rows():
   result = {"count": {"params": 269_722, "flops": 40_551_040},
             "torch_fp32": {"images_per_sec": 400.0},
+            "torch_fp32_tcmalloc": {"images_per_sec": 500.0},
             "torch_bf16": {"error": "exit 1: python ..."},
             "cnnflax_fp32": {"images_per_sec": 200.0, "compile_s": 5.0,
                              "images_per_sec_trials": [190.0, 200.0, 210.0]},
@@ -30,11 +33,15 @@ def test_report_rows():
             "cnnflax_fp32_autodiff_bn": {"images_per_sec": 250.0}}
   row = side_by_side.summary_row("resnet20", result, ceiling=97.32)
   # 6 * 40,551,040 * 200 / 1e9 = 48.66 GFLOP/s, half the 97.32 ceiling.
-  assert row == ("| resnet20 | 400.0 | failed | 200.0 | 100.0 | 160.0 | "
-                 "250.0 | 0.50x | - | 48.7 (0.50) | 1.25x | 0.80x |")
+  assert row == ("| resnet20 | 400.0 | 500.0 | failed | 200.0 | 100.0 | "
+                 "160.0 | 250.0 | - | 0.50x | 0.40x | - | 48.7 (0.50) | "
+                 "1.25x | 0.80x | - |")
+  header = side_by_side.summary_header()
+  assert header[0].count("|") == header[1].count("|") == row.count("|")
+  assert "| cnnflax fp32 / PyTorch fp32 CL, tcmalloc |" in header[0]
   rows = side_by_side.detail_rows("resnet20", result, ceiling=97.32)
-  assert len(rows) == 6
-  assert "| 190.0, 200.0, 210.0 | 48.7 | 0.500 | compile 5.0 s |" in rows[2]
+  assert len(rows) == 7
+  assert "| 190.0, 200.0, 210.0 | 48.7 | 0.500 | compile 5.0 s |" in rows[3]
 
 
 def test_twin_with_other_counts_is_flagged():
@@ -70,5 +77,19 @@ def test_ablation_modes_turn_one_thing_off():
       "CNNFLAX_NATIVE_CONV"] == "0"
   assert side_by_side.worker_env("cnnflax_fp32_autodiff_bn")[
       "CNNFLAX_BN_VJP"] == "0"
+  assert side_by_side.worker_env("cnnflax_fp32_system_malloc")[
+      "CNNFLAX_ALLOCATOR"] == "system"
   plain = side_by_side.worker_env("cnnflax_fp32")
-  assert "CNNFLAX_NATIVE_CONV" not in plain and "CNNFLAX_BN_VJP" not in plain
+  assert not {"CNNFLAX_NATIVE_CONV", "CNNFLAX_BN_VJP",
+              "CNNFLAX_ALLOCATOR"} & set(plain) - set(os.environ)
+
+
+def test_torch_tcmalloc_mode_preloads_what_cnnflax_runs_with():
+  from cnnflax import allocator
+  path = allocator.find_tcmalloc()
+  if path is None:
+    with pytest.raises(ValueError, match="no tcmalloc library was found"):
+      side_by_side.worker_env("torch_fp32_tcmalloc")
+  else:
+    env = side_by_side.worker_env("torch_fp32_tcmalloc")
+    assert env["LD_PRELOAD"].split()[0] == path

@@ -23,8 +23,10 @@ synthetic batch; CIFAR 32x32 batch 128, ResNet-50 224x224 batch 16) in
                 (CNNFLAX_ALLOCATOR=system)
 
 each the median of --trials runs of --steps steps, after one compilation and
---warmup untimed steps. Every measurement runs in a subprocess of its own, so
-that XLA's and PyTorch's thread pools never compete for the cores; so do the
+--warmup untimed steps (with --rounds=R: of all trials of R such processes
+per mode, the modes taken in turn R times). Every measurement runs in a
+subprocess of its own, so that XLA's and PyTorch's thread pools never
+compete for the cores; so do the
 matmul ceilings (an N x N by N x N matmul, best of a few: XLA fp32 and bf16
 with cnnflax's XLA flags, PyTorch fp32 and bf16). Achieved GFLOP/s is
 6 x forward multiply-adds x images/s (2 FLOPs per multiply-add forward, 4
@@ -112,6 +114,9 @@ def define_flags() -> None:
   flags.DEFINE_list("modes", ",".join(MODES), f"Of: {', '.join(MODES)}.")
   flags.DEFINE_integer("steps", 20, "Timed steps per trial.")
   flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+  flags.DEFINE_integer("rounds", 1, "Passes over the modes, each mode in a "
+                       "fresh process; a mode's figure is the median of its "
+                       "trials from all rounds.")
   flags.DEFINE_integer("trials", 3, "Timed runs of --steps; the median "
                        "counts.")
   flags.DEFINE_integer("matmul_size", 2048, "N of the N x N matmul ceilings.")
@@ -305,6 +310,26 @@ def progress(entry: dict) -> str:
   return f"{entry['images_per_sec']} images/s{compiled}"
 
 
+def run_mode(name: str, mode: str) -> dict:
+  try:
+    env = worker_env(mode)
+  except ValueError as e:
+    return {"error": str(e)}
+  return run_worker(worker_command(name, mode), env)
+
+
+def merge(before: dict | None, entry: dict) -> dict:
+  """One mode's rounds as one entry: every trial, their median, and the
+  first round's other fields; a failed round fails the mode."""
+  if before is None or "error" in before:
+    return before or entry
+  if "error" in entry:
+    return entry
+  trials = before["images_per_sec_trials"] + entry["images_per_sec_trials"]
+  return {**before, "images_per_sec_trials": trials,
+          "images_per_sec": round(statistics.median(trials), 1)}
+
+
 def measure(models: list[str], modes: list[str]) -> tuple[dict, dict]:
   """The matmul ceilings, then each model's counts and modes in turn."""
   n = FLAGS.matmul_size
@@ -319,15 +344,14 @@ def measure(models: list[str], modes: list[str]) -> tuple[dict, dict]:
   results = {}
   for name in models:
     results[name] = {"count": run_worker(count_command(name))}
-    for mode in modes:
-      log(f"{name} {mode} ...")
-      try:
-        env = worker_env(mode)
-      except ValueError as e:
-        results[name][mode] = {"error": str(e)}
-      else:
-        results[name][mode] = run_worker(worker_command(name, mode), env)
-      log(f"  {progress(results[name][mode])}")
+    # Round-robin over the modes, so that a slow spell of a shared machine
+    # falls on every mode alike rather than on one.
+    for round_ in range(FLAGS.rounds):
+      for mode in modes:
+        log(f"{name} {mode} (round {round_ + 1}/{FLAGS.rounds}) ...")
+        entry = run_mode(name, mode)
+        log(f"  {progress(entry)}")
+        results[name][mode] = merge(results[name].get(mode), entry)
   return ceilings, results
 
 
@@ -444,8 +468,9 @@ def report(ceilings: dict, results: dict, command: str) -> str:
       f"- versions: jax {xla.get('jax', '?')}, torch {torch.get('torch', '?')} "
       f"({torch.get('threads', '?')} threads)",
       f"- command: `{command}`",
-      f"- each cell: median of {FLAGS.trials} trial(s) of {FLAGS.steps} "
-      f"steps after {FLAGS.warmup} warm-up steps; CIFAR batch 128 at 32x32, "
+      f"- each cell: median of {FLAGS.rounds} round(s) x {FLAGS.trials} "
+      f"trial(s) of {FLAGS.steps} steps after {FLAGS.warmup} warm-up steps; "
+      "the modes of a model taken in turn each round; CIFAR batch 128 at 32x32, "
       "ResNet-50 batch 16 at 224x224",
       f"- matmul ceilings ({n}x{n} @ {n}x{n}, best of 5, GFLOP/s): XLA fp32 "
       f"{xla.get('fp32', '-')}, XLA bf16 {xla.get('bf16', '-')}, PyTorch "

@@ -93,3 +93,16 @@ def test_torch_tcmalloc_mode_preloads_what_cnnflax_runs_with():
   else:
     env = side_by_side.worker_env("torch_fp32_tcmalloc")
     assert env["LD_PRELOAD"].split()[0] == path
+
+
+def test_rounds_merge_into_one_median_and_a_failed_round_fails_the_mode():
+  first = {"images_per_sec": 10.0, "images_per_sec_trials": [9.0, 10.0, 11.0],
+           "compile_s": 2.0}
+  second = {"images_per_sec": 20.0, "images_per_sec_trials": [19.0, 20.0, 21.0],
+            "compile_s": 3.0}
+  merged = side_by_side.merge(side_by_side.merge(None, first), second)
+  assert merged["images_per_sec_trials"] == [9.0, 10.0, 11.0, 19.0, 20.0, 21.0]
+  assert merged["images_per_sec"] == 15.0 and merged["compile_s"] == 2.0
+  failed = {"error": "exit 1: python ..."}
+  assert side_by_side.merge(merged, failed) == failed
+  assert side_by_side.merge(failed, second) == failed

@@ -24,6 +24,10 @@ import json
 import os
 import sys
 
+if __name__ == "__main__":  # before jax loads: see cnnflax/allocator.py
+  from cnnflax import allocator
+  allocator.use_fast()
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -234,7 +234,7 @@ class Conv(nn.Module):
   else lax.conv) or `impl="matmul"` (patches x one matmul; for a depthwise
   convolution, groups == in == out channels, the patches weighted per channel
   and summed). `impl="auto"`: native where it runs, else xla.
-  On a 2-core AVX-512 CPU the train step runs 1.07-1.67x faster with
+  On a 2-core AVX-512 CPU the train step runs 1.12-1.84x faster with
   oneDNN's convolutions than with XLA's (benchmarks/). Inside a scanned loop
   XLA:CPU runs lax.conv with a naive kernel, about 20x slower than the matmul
   form; its depthwise convolutions are 7-30x slower than the weighted sum."""

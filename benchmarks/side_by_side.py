@@ -434,7 +434,7 @@ def twin_warnings(results: dict) -> list[str]:
   lines = []
   for name, result in results.items():
     count = result.get("count", {})
-    for mode in ("torch_fp32", "torch_fp32_tcmalloc", "torch_bf16"):
+    for mode in (m for m in MODES if m.startswith("torch")):
       entry = result.get(mode) or {}
       for key, theirs in (("params", "params"), ("flops", "forward_macs")):
         if theirs in entry and count.get(key) not in (None, entry[theirs]):

@@ -72,10 +72,12 @@ def layer_table(model: nn.Module, image_shape: tuple[int, int, int],
       flops = module.flops_per_image(out)
     else:
       flops = _flops(module, args, out)
+    if hasattr(module, "summary_shape"):  # an output that is not one array
+      shape = module.summary_shape(out)
+    else:
+      shape = tuple(first.shape[1:]) if first is not None else ()
     rows[slot] = Row("/".join(module.path) or module.__class__.__name__,
-                     module.__class__.__name__,
-                     tuple(first.shape[1:]) if first is not None else (),
-                     _size(own), flops)
+                     module.__class__.__name__, shape, _size(own), flops)
     return out
 
   if getattr(model, "scan_blocks", None) is not None or hasattr(

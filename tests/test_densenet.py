@@ -165,10 +165,12 @@ def test_memory_efficient_keeps_activations_linear_in_depth():
         model.clone(memory_efficient=True), x))
   (plain28, eff28), (plain52, eff52) = kept[28], kept[52]
   assert eff52 / eff28 < 2.0  # twice the layers: at most twice the memory
-  assert plain52 / plain28 > 2.4  # the concatenations grow quadratically
-  # BatchNorm+ReLU itself keeps only its input and output (norm.py), so the
-  # plain model is lean too; what recomputation saves grows with depth.
-  assert eff28 < 0.7 * plain28 and eff52 < 0.55 * plain52
+  # Stored, every layer's BN-ReLU output (its convolution's input) spans all
+  # earlier maps: quadratic in depth. The concatenations themselves are not
+  # kept (the block's maps stay a list), so recomputation saves less than
+  # it once did, but what it saves still grows faster than the depth.
+  assert plain52 / plain28 > 2.2
+  assert (plain52 - eff52) / (plain28 - eff28) > 3.0
 
 
 # --- training and configs ----------------------------------------------------

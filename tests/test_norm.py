@@ -143,3 +143,99 @@ def test_autodiff_switch_gives_the_same_gradients(monkeypatch):
   assert theirs_kept > ours_kept  # the switch did take the autodiff path
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+# --- a list of arrays: DenseNet's concatenated feature maps ------------------
+
+PIECES = [X[..., :3], X[..., 3:4] * 2 - 1, X[..., 4:]]
+SCALE, BIAS = jnp.linspace(0.5, 2, 6), jnp.linspace(-1, 1, 6)
+
+
+def variables_for(width):
+  return {"params": {"scale": SCALE[:width], "bias": BIAS[:width]},
+          "batch_stats": {"mean": jnp.zeros(width), "var": jnp.ones(width)}}
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_list_input_is_one_batchnorm_over_the_concatenation(relu):
+  """Two BatchNorms read overlapping lists of maps and share the maps'
+  moments, as two dense layers do: outputs, running statistics and all
+  gradients are those of flax BatchNorms over the concatenations."""
+  act = nn.relu if relu else (lambda y: y)
+  flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9,
+                         epsilon=1e-5)
+  ours = norm.BatchNorm(momentum=0.9, epsilon=1e-5, relu=relu)
+  dy = [DY[..., :4], DY]
+
+  def reference(pieces, params):
+    total, stats = 0., []
+    for width, g in zip((4, 6), dy):
+      x = jnp.concatenate(pieces, axis=-1)[..., :width]
+      v = {**variables_for(width), "params": params[width]}
+      y, s = apply(flax_bn, v, x)
+      total, stats = total + jnp.sum(act(y) * g), stats + [s]
+    return total, stats
+
+  def candidate(pieces, params):
+    shared = [norm.moments(p, None) for p in pieces]
+    total, stats = 0., []
+    for count, width, g in ((2, 4, dy[0]), (3, 6, dy[1])):
+      v = {**variables_for(width), "params": params[width]}
+      y, s = ours.apply(v, pieces[:count], shared[:count],
+                        mutable=["batch_stats"])
+      total, stats = total + jnp.sum(y * g), stats + [s]
+    return total, stats
+
+  params = {w: variables_for(w)["params"] for w in (4, 6)}
+  results = [jax.value_and_grad(fn, (0, 1), has_aux=True)(PIECES, params)
+             for fn in (reference, candidate)]
+  ((t0, s0), g0), ((t1, s1), g1) = results
+  np.testing.assert_allclose(t1, t0, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves((s0, g0)), jax.tree.leaves((s1, g1))):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_list_input_keeps_only_its_pieces():
+  """The VJP of a list's BN-ReLU keeps the listed arrays themselves: no
+  concatenation, no output, no mask (what makes DenseNet fast)."""
+  module = norm.BatchNorm(relu=True)
+  v = variables_for(6)
+  leaves = jax.tree.leaves(jax.vjp(
+      lambda pieces: module.apply(v, pieces, mutable=["batch_stats"])[0],
+      PIECES)[1])
+  kept = sorted(leaf.shape for leaf in leaves if leaf.ndim == 4)
+  # Each piece once for scale_shift and once for its moments' autodiff
+  # (in a jitted step one buffer): nothing of the concatenated width.
+  assert kept == sorted(2 * [p.shape for p in PIECES])
+
+
+def test_list_input_in_evaluation_uses_running_statistics():
+  module = norm.BatchNorm(use_running_average=True, relu=True)
+  v = {**variables_for(6), "batch_stats": {"mean": jnp.arange(6.),
+                                           "var": jnp.arange(1., 7.)}}
+  np.testing.assert_allclose(module.apply(v, PIECES),
+                             module.apply(v, jnp.concatenate(PIECES, -1)),
+                             rtol=1e-6)
+
+
+def test_list_input_synchronised_gives_the_global_batch_gradient():
+  devices = jax.devices()[:8]
+  mesh = Mesh(np.array(devices), ("batch",))
+
+  def loss(pieces, params, dy, axis_name):
+    module = norm.BatchNorm(relu=True, axis_name=axis_name)
+    y, _ = module.apply({**variables_for(6), "params": params}, pieces,
+                        mutable=["batch_stats"])
+    return jnp.sum(y * dy)
+
+  params = variables_for(6)["params"]
+  whole = jax.grad(loss, (0, 1))(PIECES, params, DY, None)
+
+  def per_device(pieces, params, dy):
+    return jax.grad(loss, (0, 1))(pieces, params, dy, "batch")
+
+  sharded = jax.jit(jax.shard_map(
+      per_device, mesh=mesh, in_specs=(P("batch"), P(), P("batch")),
+      out_specs=(P("batch"), P())))(PIECES, params, DY)
+  for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(sharded)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)

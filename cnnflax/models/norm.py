@@ -96,6 +96,54 @@ def _like(cotangent, primal):
 normalize.defvjp(_forward, _backward)
 
 
+def moments(x: jax.Array, axis_name: str | None):
+  """Per-channel batch mean and biased variance, float32, differentiated by
+  autodiff: their backward is one broadcast term per input element."""
+  xf = x.astype(jnp.float32)
+  total, squares = _sums(xf, xf)
+  if axis_name is not None:
+    total, squares = lax.psum((total, squares), axis_name)
+  n = _count(x, axis_name)
+  mean = total / n
+  return mean, jnp.maximum(squares / n - mean * mean, 0.)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def scale_shift(pieces, a, b, relu: bool, dtype):
+  """relu(concatenate(pieces) * a + b) for per-channel a and b.
+
+  Its VJP keeps the pieces, not the output or the concatenation, and
+  returns each piece's slice of the input gradient: a dense layer's pieces
+  are the outputs of the earlier layers, and autodiff sums those slices."""
+  return _scale_shift_forward(pieces, a, b, relu, dtype)[0]
+
+
+def _scale_shift_forward(pieces, a, b, relu, dtype):
+  x = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=-1)
+  y = x.astype(jnp.float32) * a + b
+  y = (jnp.maximum(y, 0.) if relu else y).astype(dtype)
+  return y, (pieces, a, b)
+
+
+def _scale_shift_backward(relu, dtype, saved, g):
+  del dtype
+  pieces, a, b = saved
+  x = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=-1)
+  x, g = x.astype(jnp.float32), g.astype(jnp.float32)
+  if relu:  # the mask recomputed from x, as the sums need x anyway
+    g = jnp.where(x * a + b > 0, g, 0.)
+  d_b, d_a = _sums(g, x)
+  dx, d_pieces, start = g * a, [], 0
+  for piece in pieces:
+    stop = start + piece.shape[-1]
+    d_pieces.append(dx[..., start:stop].astype(piece.dtype))
+    start = stop
+  return d_pieces, _like(d_a, a), _like(d_b, b)
+
+
+scale_shift.defvjp(_scale_shift_forward, _scale_shift_backward)
+
+
 def _autodiff(*args):
   return _forward(*args)[0]
 
@@ -120,22 +168,36 @@ class BatchNorm(nn.Module):
   bias_init: Callable = nn.initializers.zeros
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    features = (x.shape[-1],)
+  def __call__(self, x, piece_moments=None) -> jax.Array:
+    """Normalises x, or the concatenation of a list of arrays along the last
+    axis; `piece_moments` may give each listed array's `moments`, computed
+    once where several BatchNorms read the same arrays (DenseNet)."""
+    pieces = list(x) if isinstance(x, (list, tuple)) else [x]
+    features = (sum(p.shape[-1] for p in pieces),)
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features,
                             jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, features,
                            jnp.float32)
     scale = self.param("scale", self.scale_init, features, jnp.float32)
     bias = self.param("bias", self.bias_init, features, jnp.float32)
-    dtype = self.dtype or jnp.result_type(x, scale)
+    dtype = self.dtype or jnp.result_type(pieces[0], scale)
     if self.use_running_average:
+      x = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=-1)
       rstd = lax.rsqrt(ra_var.value + self.epsilon)
       return affine(x, scale, bias, ra_mean.value, rstd, self.relu, dtype)
     initializing = self.is_initializing()
-    fn = _autodiff if os.environ.get("CNNFLAX_BN_VJP") == "0" else normalize
-    y, mean, var = fn(x, scale, bias, self.relu, self.epsilon,
-                      None if initializing else self.axis_name, dtype)
+    axis_name = None if initializing else self.axis_name
+    if len(pieces) == 1 and piece_moments is None:
+      fn = _autodiff if os.environ.get("CNNFLAX_BN_VJP") == "0" else normalize
+      y, mean, var = fn(x, scale, bias, self.relu, self.epsilon, axis_name,
+                        dtype)
+    else:
+      if piece_moments is None:
+        piece_moments = [moments(p, axis_name) for p in pieces]
+      mean = jnp.concatenate([m for m, _ in piece_moments])
+      var = jnp.concatenate([v for _, v in piece_moments])
+      a = scale * lax.rsqrt(var + self.epsilon)
+      y = scale_shift(pieces, a, bias - mean * a, self.relu, dtype)
     if not initializing:
       m = self.momentum
       ra_mean.value = m * ra_mean.value + (1 - m) * mean

@@ -12,6 +12,10 @@ synthetic batch; CIFAR 32x32 batch 128, ResNet-50 224x224 batch 16) in
   torch_fp32_tcmalloc  the same with tcmalloc preloaded, the allocator
                 cnnflax's entry points run with (cnnflax.allocator)
   torch_bf16    torch_fp32 under torch.autocast("cpu", dtype=torch.bfloat16)
+  torch_compile_tcmalloc  torch_fp32_tcmalloc with torch.compile(model),
+                for the models whose Spec says so (DenseNet-BC, where the
+                issue's table names it PyTorch's fastest mode; it compiles
+                for minutes)
   cnnflax_fp32  the real cnnflax train step (python -m cnnflax.benchmark)
   cnnflax_bf16  the same with config.half_precision=True
   cnnflax_fp32_xla_conv  cnnflax_fp32 with XLA's own convolutions
@@ -61,6 +65,7 @@ FLAGS = flags.FLAGS
 MODES = {"torch_fp32": "PyTorch fp32 CL",
          "torch_fp32_tcmalloc": "PyTorch fp32 CL, tcmalloc",
          "torch_bf16": "PyTorch bf16 autocast",
+         "torch_compile_tcmalloc": "PyTorch fp32 torch.compile, tcmalloc",
          "cnnflax_fp32": "cnnflax fp32",
          "cnnflax_bf16": "cnnflax bf16",
          "cnnflax_fp32_xla_conv": "cnnflax fp32, XLA convs",
@@ -78,6 +83,7 @@ ABLATIONS = {
 # The head-to-head ratios: (numerator mode, denominator mode).
 RATIOS = (("cnnflax_fp32", "torch_fp32"),
           ("cnnflax_fp32", "torch_fp32_tcmalloc"),
+          ("cnnflax_fp32", "torch_compile_tcmalloc"),
           ("cnnflax_bf16", "torch_bf16"))
 WORKERS = ("torch", "torch_matmul", "xla_matmul")
 
@@ -88,6 +94,7 @@ class Spec:
   registered: str  # the cnnflax model that config builds
   batch_size: int
   torch_model: Callable  # benchmarks.torch_models -> torch.nn.Module
+  torch_compile: bool = False  # also measure torch_compile_tcmalloc
 
 
 MODELS = {
@@ -97,7 +104,8 @@ MODELS = {
                      lambda tm: tm.CifarResNet(56)),
     "densenet_bc100": Spec("configs/densenet_bc.py",
                            "densenet_bc100_k12_cifar", 128,
-                           lambda tm: tm.DenseNetBC(100, 12)),
+                           lambda tm: tm.DenseNetBC(100, 12),
+                           torch_compile=True),
     "preact_resnet164": Spec("configs/preact_resnet_cifar.py:164",
                              "preact_resnet164_cifar", 128,
                              lambda tm: tm.PreActResNetCifar(164)),
@@ -129,6 +137,8 @@ def define_flags() -> None:
                     "measurement and print it as a JSON line.")
   flags.DEFINE_string("model", "", "Internal: the --worker=torch model.")
   flags.DEFINE_bool("bf16", False, "Internal: --worker=torch under autocast.")
+  flags.DEFINE_bool("compile", False, "Internal: --worker=torch with "
+                    "torch.compile.")
 
 
 # --- arithmetic --------------------------------------------------------------
@@ -175,7 +185,7 @@ def load_config(path: str):
 
 
 def torch_worker(name: str, bf16: bool, steps: int, warmup: int,
-                 trials: int, threads: int) -> dict:
+                 trials: int, threads: int, compile_: bool = False) -> dict:
   import torch
   import torch.nn.functional as F
 
@@ -187,6 +197,9 @@ def torch_worker(name: str, bf16: bool, steps: int, warmup: int,
   model = spec.torch_model(torch_models)
   macs = torch_models.forward_macs(model, (3, size, size))
   model = model.to(memory_format=torch.channels_last).train()
+  params = torch_models.param_count(model)
+  if compile_:
+    model = torch.compile(model)
   opt = config.optimizer
   sgd = torch.optim.SGD(model.parameters(), lr=opt.learning_rate,
                         momentum=opt.momentum, nesterov=opt.nesterov,
@@ -204,7 +217,10 @@ def torch_worker(name: str, bf16: bool, steps: int, warmup: int,
     loss.backward()
     sgd.step()
 
-  for _ in range(1 + warmup):  # the first builds oneDNN's kernels
+  start = time.perf_counter()
+  step()  # builds oneDNN's kernels (and with compile_, compiles)
+  compile_s = round(time.perf_counter() - start, 1)
+  for _ in range(warmup):
     step()
   rates = []
   for _ in range(trials):
@@ -213,10 +229,11 @@ def torch_worker(name: str, bf16: bool, steps: int, warmup: int,
       step()
     rates.append(round(steps * spec.batch_size / (
         time.perf_counter() - start), 1))
-  return {"model": name, "images_per_sec": round(statistics.median(rates), 1),
-          "images_per_sec_trials": rates, "batch_size": spec.batch_size,
-          "params": torch_models.param_count(model), "forward_macs": macs,
-          "threads": torch.get_num_threads(), "torch": torch.__version__}
+  out = {"model": name, "images_per_sec": round(statistics.median(rates), 1),
+         "images_per_sec_trials": rates, "batch_size": spec.batch_size,
+         "params": params, "forward_macs": macs,
+         "threads": torch.get_num_threads(), "torch": torch.__version__}
+  return {**out, "compile_s": compile_s} if compile_ else out
 
 
 def torch_matmul_worker(n: int, threads: int) -> dict:
@@ -247,7 +264,7 @@ def xla_matmul_worker(n: int) -> dict:
 def run_as_worker() -> dict:
   if FLAGS.worker == "torch":
     return torch_worker(FLAGS.model, FLAGS.bf16, FLAGS.steps, FLAGS.warmup,
-                        FLAGS.trials, FLAGS.torch_threads)
+                        FLAGS.trials, FLAGS.torch_threads, FLAGS.compile)
   if FLAGS.worker == "torch_matmul":
     return torch_matmul_worker(FLAGS.matmul_size, FLAGS.torch_threads)
   return xla_matmul_worker(FLAGS.matmul_size)
@@ -263,6 +280,7 @@ def worker_command(name: str, mode: str) -> list[str]:
   bf16 = mode.endswith("bf16")
   if mode.startswith("torch"):
     return [SCRIPT, "--worker=torch", f"--model={name}", f"--bf16={bf16}",
+            f"--compile={'compile' in mode}",
             f"--torch_threads={FLAGS.torch_threads}", *timing]
   return ["-m", "cnnflax.benchmark", f"--config={spec.config}",
           f"--config.batch_size={spec.batch_size}",
@@ -276,7 +294,7 @@ def count_command(name: str) -> list[str]:
 def worker_env(mode: str) -> dict[str, str]:
   """The mode's environment; ValueError where it cannot be had (no
   tcmalloc for torch_fp32_tcmalloc)."""
-  if mode == "torch_fp32_tcmalloc":
+  if mode.startswith("torch") and mode.endswith("_tcmalloc"):
     repo_on_path()
     from cnnflax import allocator
     extra = allocator.plan({allocator.ENV: "tcmalloc"},
@@ -330,6 +348,10 @@ def merge(before: dict | None, entry: dict) -> dict:
           "images_per_sec": round(statistics.median(trials), 1)}
 
 
+def applies(name: str, mode: str) -> bool:
+  return mode != "torch_compile_tcmalloc" or MODELS[name].torch_compile
+
+
 def measure(models: list[str], modes: list[str]) -> tuple[dict, dict]:
   """The matmul ceilings, then each model's counts and modes in turn."""
   n = FLAGS.matmul_size
@@ -347,7 +369,7 @@ def measure(models: list[str], modes: list[str]) -> tuple[dict, dict]:
     # Round-robin over the modes, so that a slow spell of a shared machine
     # falls on every mode alike rather than on one.
     for round_ in range(FLAGS.rounds):
-      for mode in modes:
+      for mode in (m for m in modes if applies(name, m)):
         log(f"{name} {mode} (round {round_ + 1}/{FLAGS.rounds}) ...")
         entry = run_mode(name, mode)
         log(f"  {progress(entry)}")

@@ -8,6 +8,7 @@ import os
 import statistics
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -33,8 +34,8 @@ def test_report_rows():
             "cnnflax_fp32_autodiff_bn": {"images_per_sec": 250.0}}
   row = side_by_side.summary_row("resnet20", result, ceiling=97.32)
   # 6 * 40,551,040 * 200 / 1e9 = 48.66 GFLOP/s, half the 97.32 ceiling.
-  assert row == ("| resnet20 | 400.0 | 500.0 | failed | 200.0 | 100.0 | "
-                 "160.0 | 250.0 | - | 0.50x | 0.40x | - | 48.7 (0.50) | "
+  assert row == ("| resnet20 | 400.0 | 500.0 | failed | - | 200.0 | 100.0 | "
+                 "160.0 | 250.0 | - | 0.50x | 0.40x | - | - | 48.7 (0.50) | "
                  "1.25x | 0.80x | - |")
   header = side_by_side.summary_header()
   assert header[0].count("|") == header[1].count("|") == row.count("|")
@@ -93,6 +94,23 @@ def test_torch_tcmalloc_mode_preloads_what_cnnflax_runs_with():
   else:
     env = side_by_side.worker_env("torch_fp32_tcmalloc")
     assert env["LD_PRELOAD"].split()[0] == path
+
+
+def test_torch_compile_runs_where_the_spec_asks_with_tcmalloc(monkeypatch):
+  assert side_by_side.applies("densenet_bc100", "torch_compile_tcmalloc")
+  assert not side_by_side.applies("resnet20", "torch_compile_tcmalloc")
+  assert side_by_side.applies("resnet20", "torch_fp32")
+  monkeypatch.setattr(side_by_side, "FLAGS", types.SimpleNamespace(
+      steps=3, warmup=1, trials=1, torch_threads=0))
+  command = side_by_side.worker_command("densenet_bc100",
+                                        "torch_compile_tcmalloc")
+  assert "--compile=True" in command and "--bf16=False" in command
+  assert "--compile=False" in side_by_side.worker_command("densenet_bc100",
+                                                         "torch_fp32")
+  from cnnflax import allocator
+  if allocator.find_tcmalloc() is not None:
+    env = side_by_side.worker_env("torch_compile_tcmalloc")
+    assert env["LD_PRELOAD"].split()[0] == allocator.find_tcmalloc()
 
 
 def test_rounds_merge_into_one_median_and_a_failed_round_fails_the_mode():

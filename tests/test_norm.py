@@ -239,3 +239,13 @@ def test_list_input_synchronised_gives_the_global_batch_gradient():
       out_specs=(P("batch"), P())))(PIECES, params, DY)
   for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(sharded)):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_a_one_array_list_is_that_array():
+  module = norm.BatchNorm(relu=True)
+  v = variables_for(6)
+  (y0, s0), (y1, s1) = (module.apply(v, x, mutable=["batch_stats"])
+                        for x in (X, [X]))
+  np.testing.assert_array_equal(y1, y0)
+  for a, b in zip(jax.tree.leaves(s0), jax.tree.leaves(s1)):
+    np.testing.assert_array_equal(b, a)

@@ -189,8 +189,8 @@ class BatchNorm(nn.Module):
     axis_name = None if initializing else self.axis_name
     if len(pieces) == 1 and piece_moments is None:
       fn = _autodiff if os.environ.get("CNNFLAX_BN_VJP") == "0" else normalize
-      y, mean, var = fn(x, scale, bias, self.relu, self.epsilon, axis_name,
-                        dtype)
+      y, mean, var = fn(pieces[0], scale, bias, self.relu, self.epsilon,
+                        axis_name, dtype)
     else:
       if piece_moments is None:
         piece_moments = [moments(p, axis_name) for p in pieces]

@@ -119,17 +119,13 @@ def scale_shift(pieces, a, b, relu: bool, dtype):
 
 
 def _scale_shift_forward(pieces, a, b, relu, dtype):
-  x = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=-1)
-  y = x.astype(jnp.float32) * a + b
-  y = (jnp.maximum(y, 0.) if relu else y).astype(dtype)
-  return y, (pieces, a, b)
+  return _multiply_add(_joined(pieces), a, b, relu, dtype), (pieces, a, b)
 
 
 def _scale_shift_backward(relu, dtype, saved, g):
   del dtype
   pieces, a, b = saved
-  x = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=-1)
-  x, g = x.astype(jnp.float32), g.astype(jnp.float32)
+  x, g = _joined(pieces).astype(jnp.float32), g.astype(jnp.float32)
   if relu:  # the mask recomputed from x, as the sums need x anyway
     g = jnp.where(x * a + b > 0, g, 0.)
   d_b, d_a = _sums(g, x)
@@ -151,8 +147,18 @@ def _autodiff(*args):
 def affine(x, scale, bias, mean, rstd, relu: bool, dtype):
   """(x - mean) * rstd * scale + bias (+ ReLU), as one multiply-add."""
   a = scale * rstd
-  y = x.astype(jnp.float32) * a + (bias - mean * a)
+  return _multiply_add(x, a, bias - mean * a, relu, dtype)
+
+
+def _multiply_add(x, a, b, relu: bool, dtype):
+  """x * a + b (+ ReLU) in float32, for per-channel a and b."""
+  y = x.astype(jnp.float32) * a + b
   return (jnp.maximum(y, 0.) if relu else y).astype(dtype)
+
+
+def _joined(pieces: list) -> jax.Array:
+  """The listed arrays concatenated along the channels."""
+  return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=-1)
 
 
 class BatchNorm(nn.Module):
@@ -182,9 +188,8 @@ class BatchNorm(nn.Module):
     bias = self.param("bias", self.bias_init, features, jnp.float32)
     dtype = self.dtype or jnp.result_type(pieces[0], scale)
     if self.use_running_average:
-      x = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=-1)
       rstd = lax.rsqrt(ra_var.value + self.epsilon)
-      return affine(x, scale, bias, ra_mean.value, rstd, self.relu, dtype)
+      return affine(_joined(pieces), scale, bias, ra_mean.value, rstd, self.relu, dtype)
     initializing = self.is_initializing()
     axis_name = None if initializing else self.axis_name
     if len(pieces) == 1 and piece_moments is None:

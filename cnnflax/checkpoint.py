@@ -1,12 +1,18 @@
-"""Orbax checkpoints of the whole train state, written atomically.
+"""Orbax checkpoints of the whole train state, written atomically and, by
+default, in the background.
 
 A checkpoint holds the parameters, batch statistics, optimizer state, step and
 RNG (the input position follows from the step: see `data.TrainOrder`), plus a
 small JSON record of what run wrote it, checked before anything is loaded.
+
+The folder may be local or a bucket URL (`cnnflax.paths`). Orbax writes a
+checkpoint under a temporary name and commits it when complete (a rename on
+disks, a commit marker in buckets), so a crash never leaves a half checkpoint
+as the newest one, and it removes old checkpoints only after a new one is
+committed, so a failed save keeps the previous one.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -14,29 +20,38 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import serialization
 
+from cnnflax import paths
 from cnnflax.errors import CheckpointError
 
 
 class Checkpoints:
   """Save every N steps, keep the last K, restore the newest."""
 
-  def __init__(self, directory: str, keep: int, identity: dict[str, Any]):
-    self.directory = os.path.abspath(directory)
+  def __init__(self, directory: str, keep: int, identity: dict[str, Any],
+               background: bool = True):
+    self.directory = paths.path(directory)
     self.identity = identity  # what must match to resume (model, dataset ...)
     # Leftover temporary folders (a save cut short by SIGKILL) are never
     # restored; cleaning them at start keeps the folder tidy.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, cleanup_tmp_directories=True)
+        max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+        enable_async_checkpointing=background)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "meta"))
+    self.background = background
+    self._in_flight: tuple[int, int | None] | None = None  # (step, kept)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, extra: dict | None = None) -> None:
-    """Saves a host copy of the state and waits for it; orbax writes to a
-    temporary folder and renames it when complete, so a crash never leaves a
-    half checkpoint as the newest one."""
+    """Starts writing a host copy of `state`; returns once the copy is taken
+    (or, with background=False, once it is written).
+
+    The previous save is finished first, so that its failure is reported
+    here, naming the checkpoint that is kept, before anything newer starts.
+    """
+    self.wait()
     if step in self._manager.all_steps():
       return
     tree = _to_tree(state)
@@ -45,9 +60,11 @@ class Checkpoints:
     try:
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
-      self._manager.wait_until_finished()
     except Exception as e:  # e.g. no space left on the device
       raise self._save_failed(step, kept, e) from None
+    self._in_flight = (step, kept)
+    if not self.background:
+      self.wait()
 
   def _save_failed(self, step: int, kept: int | None,
                    error: Exception) -> CheckpointError:
@@ -65,7 +82,7 @@ class Checkpoints:
               step: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Restores (state, meta) into the structure of `template`."""
     step = self.latest_step() if step is None else step
-    path = os.path.join(self.directory, str(step))
+    path = self.directory / str(step)
     try:
       meta = self._manager.restore(step, args=ocp.args.Composite(
           meta=ocp.args.JsonRestore()))["meta"]
@@ -97,18 +114,44 @@ class Checkpoints:
           f"checkpoint {path} was written with {had} but this run has "
           f"{has}; use a new --workdir or restore the original config")
 
+  def poll(self) -> None:
+    """Reports a background save that has failed, without waiting."""
+    if self._in_flight and not self._manager.is_saving_in_progress():
+      self.wait()
+
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for the save in flight; a failed one raises CheckpointError."""
+    if self._in_flight is None:
+      return
+    step, kept = self._in_flight
+    self._in_flight = None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:
+      raise self._save_failed(step, kept, e) from None
+
+  def finish_quietly(self) -> None:
+    """On the way out of a failing run: lets the save in flight land, and
+    logs (rather than raises) its own failure, so the first error stays the
+    one reported."""
+    try:
+      self.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.error("%s", e)
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
 
 
 def _to_tree(state: Any) -> dict:
-  # Orbax wants plain arrays, not numpy scalars or jax arrays being donated.
+  # Orbax wants plain arrays, not numpy scalars. A copy, since on CPUs a
+  # fetched array can share memory with a device buffer that the next step
+  # is donated and overwrites while the background write still reads it.
   tree = serialization.to_state_dict(state)
-  return _map_leaves(tree, np.asarray)
+  return _map_leaves(tree, lambda x: np.array(x, copy=True))
 
 
 def _map_leaves(tree, fn):

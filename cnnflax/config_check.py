@@ -112,6 +112,7 @@ FIELDS: dict[str, Rule] = {
     "eval_every_steps": number(-1, integer=True),
     "checkpoint_every_steps": POSITIVE_INT,
     "checkpoints_to_keep": POSITIVE_INT,
+    "checkpoint_async": boolean,
 }
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import collections
 import json
 import logging as std_logging
-import os
 import queue
 import signal
 import threading
@@ -17,7 +16,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cnnflax import checkpoint, data, models, optim
+from cnnflax import checkpoint, data, models, optim, paths
 from cnnflax import step as step_lib
 from cnnflax.config_check import check_config, check_schedule
 from cnnflax.errors import ConfigError, NumericalError, Stopped
@@ -143,8 +142,9 @@ class Run:
   def checkpoints(self) -> checkpoint.Checkpoints:
     """The workdir's checkpoints, refusing those of another run."""
     return checkpoint.Checkpoints(
-        os.path.join(self.workdir, "checkpoints"),
-        self.config.checkpoints_to_keep, run_identity(self.config, self))
+        paths.path(self.workdir) / "checkpoints",
+        self.config.checkpoints_to_keep, run_identity(self.config, self),
+        background=self.config.checkpoint_async)
 
   def eval_batches(self, limit: int | None = None
                    ) -> Iterator[dict[str, np.ndarray]]:
@@ -185,28 +185,31 @@ def prefetch(items: Iterable, size: int) -> Iterator:
 
 
 class Writer:
-  """JSONL, TensorBoard and absl logs; only process 0 writes anything."""
+  """JSONL, TensorBoard and absl logs; only process 0 writes anything.
+  The workdir may be a local folder or a bucket URL (cnnflax.paths)."""
 
   def __init__(self, workdir: str, resume_step: int):
     self.active = jax.process_index() == 0
-    self.workdir = workdir
+    self.workdir = paths.path(workdir)
     self._tb = None
     if not self.active:
       return
-    os.makedirs(workdir, exist_ok=True)
-    for name in ("metrics.jsonl", "eval.jsonl"):
-      _truncate_after(os.path.join(workdir, name), resume_step)
+    self._logs = {kind: paths.LineLog(
+        self.workdir / f"{kind}.jsonl",
+        _truncate_after(self.workdir / f"{kind}.jsonl", resume_step))
+        for kind in ("metrics", "eval")}
     try:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
     except ImportError:
       logging.warning("tensorboardX is not installed: no TensorBoard events")
+      return
+    paths.register_tensorboard()
+    self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
 
   def write(self, kind: str, record: dict[str, Any]) -> None:
     if not self.active:
       return
-    with open(os.path.join(self.workdir, f"{kind}.jsonl"), "a") as f:
-      f.write(json.dumps(record) + "\n")
+    self._logs[kind].append(json.dumps(record))
     if self._tb is not None:
       prefix = "train" if kind == "metrics" else "eval"
       for key, value in record.items():
@@ -215,23 +218,24 @@ class Writer:
 
   def write_json(self, name: str, payload: dict) -> None:
     if self.active:
-      _atomic_write(os.path.join(self.workdir, name),
-                    json.dumps(payload, indent=2, sort_keys=True))
+      paths.write_atomic(self.workdir / name,
+                         json.dumps(payload, indent=2, sort_keys=True))
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
 
 
-def _truncate_after(path: str, step: int) -> None:
+def _truncate_after(path, step: int) -> list[str]:
   """Drops records past `step`: a resumed run rewrites them, and the log ends
-  as if the run had never stopped."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    kept = [line for line in f if _step_of(line) is not None
-            and _step_of(line) <= step]
-  _atomic_write(path, "".join(kept))
+  as if the run had never stopped. Returns the records kept."""
+  path = paths.path(path)
+  if not path.exists():
+    return []
+  kept = [line.rstrip("\n") for line in path.read_text().splitlines()
+          if _step_of(line) is not None and _step_of(line) <= step]
+  paths.write_atomic(path, "".join(f"{line}\n" for line in kept))
+  return kept
 
 
 def _step_of(line: str) -> int | None:
@@ -240,13 +244,6 @@ def _step_of(line: str) -> int | None:
     return json.loads(line)["step"]
   except (ValueError, KeyError, TypeError):
     return None
-
-
-def _atomic_write(path: str, text: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def summarize(sums: dict[str, np.ndarray]) -> dict[str, float]:
@@ -283,6 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   quiet_library_logs()
   step_lib.initialize_distributed()
   run = Run(config, workdir)
+  paths.check_writable(workdir)
   ckpts = run.checkpoints()
   host_state = jax.device_get(run.init_state())
   params = count_params(host_state.params)
@@ -359,6 +357,16 @@ class Loop:
                         for s in range(start, run.num_steps)),
                        config.dataset.prefetch)
     self.last_log, self.last_time = start, time.perf_counter()
+    try:
+      final = self._steps(start, state, train_fn, batches)
+    except BaseException:
+      self.ckpts.finish_quietly()  # a good save in flight still lands
+      raise
+    self.ckpts.close()
+    return final
+
+  def _steps(self, start: int, state, train_fn, batches) -> dict[str, float]:
+    run, config = self.run, self.config
     in_flight = collections.deque()
     with StopSignals() as stop:
       for step in range(start + 1, run.num_steps + 1):
@@ -377,14 +385,12 @@ class Loop:
           self.log(step)
         if stop.reached(step) and step < run.num_steps:
           self.save(step, state)
-          self.ckpts.close()
+          self.ckpts.wait()  # the signal's grace period is for this write
           raise Stopped(stop.name, stop.exit_code, step)
         if step < run.num_steps:
           self.maybe_evaluate_and_save(step, state, metrics)
       self.save(run.num_steps, state)
-    final = self.evaluate(run.num_steps, state)
-    self.ckpts.close()
-    return final
+    return self.evaluate(run.num_steps, state)  # while the last save writes
 
   def log(self, step: int) -> None:
     sums = self._fetch_pending()  # the one host sync per log interval
@@ -395,6 +401,7 @@ class Loop:
               "images_per_sec": round(steps * self.config.batch_size
                                       / max(seconds, 1e-9), 1)}
     self.writer.write("metrics", record)
+    self.ckpts.poll()  # a background save that failed stops the run now
     logging.info("step %d/%d epoch %.2f loss %.4f top1 %.4f lr %.4g "
                  "%.0f img/s ETA %s", step, self.run.num_steps,
                  record["epoch"], record["loss"], record["top1_acc"],
@@ -435,6 +442,7 @@ class Loop:
     if first == 0:
       count = max(float(metrics["count"]), 1.0)
       what = f"loss ({float(metrics['loss']) / count})"
+    self.ckpts.wait()  # the save in flight holds finite steps only
     latest = self.ckpts.latest_step()
     kept = (f"the last good checkpoint (step {latest}) is kept"
             if latest is not None else "no checkpoint was written")

@@ -75,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = -1  # -1: once per epoch; 0: only at the end
   c.checkpoint_every_steps = 500
   c.checkpoints_to_keep = 3
+  # Write checkpoints in a background thread while training goes on (a copy
+  # of the state is taken first); False waits for each write.
+  c.checkpoint_async = True
   return c
 
 

@@ -4,17 +4,19 @@ Every reader returns `Arrays` with contiguous uint8 NHWC images and int32
 labels. Readers know nothing of devices, batching or models. The official file
 layouts are read directly (CIFAR binary batches, MNIST idx files), so training
 works offline, without TensorFlow. The writers produce the same layouts: tests
-use them, and users can use them to package their own data.
+use them, and users can use them to package their own data. Folders may be
+local or bucket URLs (`cnnflax.paths`).
 """
 from __future__ import annotations
 
 import dataclasses
 import gzip
-import os
 import zlib
 
 import numpy as np
+from etils import epath
 
+from cnnflax import paths
 from cnnflax.errors import DataError
 
 __all__ = [
@@ -56,34 +58,36 @@ _CIFAR100_SUBDIR = "cifar-100-binary"
 _PIXELS = 32 * 32 * 3
 
 
-def _find_dir(data_dir: str, subdir: str, names: tuple[str, ...]) -> str:
+def _find_dir(data_dir: str, subdir: str,
+              names: tuple[str, ...]) -> epath.Path:
   """Returns `data_dir` or `data_dir/subdir`, whichever holds the files.
 
   Users point at either the unpacked folder or its parent; the folder that
   already holds the first expected file wins.
   """
-  nested = os.path.join(data_dir, subdir)
-  if os.path.isdir(nested) and not os.path.isfile(
-      os.path.join(data_dir, names[0])):
+  top = paths.path(data_dir)
+  nested = top / subdir
+  if nested.is_dir() and not (top / names[0]).is_file():
     return nested
-  return data_dir
+  return top
 
 
-def _missing(folder: str, names: tuple[str, ...]) -> list[str]:
-  return [n for n in names if not os.path.isfile(os.path.join(folder, n))]
+def _missing(folder: epath.Path, names: tuple[str, ...]) -> list[str]:
+  return [n for n in names if not (folder / n).is_file()]
 
 
-def _read_records(path: str, dataset: str, num_labels: int,
+def _read_records(path: epath.Path, dataset: str, num_labels: int,
                   num_classes: tuple[int, ...]
                   ) -> tuple[np.ndarray, np.ndarray]:
   """Reads one CIFAR binary file: label byte(s), then R, G, B 32x32 planes."""
   record = num_labels + _PIXELS
-  size = os.path.getsize(path)
+  data = path.read_bytes()
+  size = len(data)
   if size == 0 or size % record:
     raise DataError(
         f"{dataset}: {path} is {size} bytes, not a whole number of "
         f"{record}-byte records (truncated, or not a {dataset} binary file)")
-  rows = np.fromfile(path, dtype=np.uint8).reshape(-1, record)
+  rows = np.frombuffer(data, dtype=np.uint8).reshape(-1, record)
   labels = rows[:, :num_labels]
   for column, limit in enumerate(num_classes):
     bad = labels[:, column] >= limit
@@ -110,11 +114,11 @@ def read_cifar10(data_dir: str) -> tuple[Arrays, Arrays]:
   if len(missing) == len(names):
     raise DataError(
         f"cifar10: no CIFAR-10 binary batches in {data_dir} or "
-        f"{os.path.join(data_dir, _CIFAR10_SUBDIR)} ({expected}); {_FIX}")
+        f"{paths.path(data_dir) / _CIFAR10_SUBDIR} ({expected}); {_FIX}")
   if missing:
     raise DataError(
         f"cifar10: {folder} lacks {', '.join(missing)} ({expected}); {_FIX}")
-  parts = [_read_records(os.path.join(folder, n), "cifar10", 1, (10,))
+  parts = [_read_records(folder / n, "cifar10", 1, (10,))
            for n in names]
   train_images = np.concatenate([p[0] for p in parts[:-1]])
   train_labels = np.concatenate([p[1][:, 0] for p in parts[:-1]])
@@ -135,7 +139,7 @@ def read_cifar100(data_dir: str, label: str = "fine") -> tuple[Arrays, Arrays]:
   folder = _find_dir(data_dir, _CIFAR100_SUBDIR, names)
   missing = _missing(folder, names)
   if missing:
-    where = (f"{data_dir} or {os.path.join(data_dir, _CIFAR100_SUBDIR)}"
+    where = (f"{data_dir} or {paths.path(data_dir) / _CIFAR100_SUBDIR}"
              if len(missing) == len(names) else folder)
     raise DataError(
         f"cifar100: no {' or '.join(missing)} in {where} (expected train.bin "
@@ -144,7 +148,7 @@ def read_cifar100(data_dir: str, label: str = "fine") -> tuple[Arrays, Arrays]:
   splits = []
   for name in names:
     images, labels = _read_records(
-        os.path.join(folder, name), "cifar100", 2, (20, 100))
+        folder / name, "cifar100", 2, (20, 100))
     splits.append(_arrays(images, labels[:, column]))
   return splits[0], splits[1]
 
@@ -171,12 +175,12 @@ def write_cifar10(directory: str, train: Arrays, test: Arrays) -> str:
 
   The train split is cut into 5 consecutive batches, as the official data is.
   """
-  os.makedirs(directory, exist_ok=True)
+  folder = paths.makedirs(directory)
   chunks = np.array_split(np.arange(len(train.labels)), len(_CIFAR10_TRAIN))
   for name, index in zip(_CIFAR10_TRAIN, chunks):
     data = _cifar_bytes(train.images[index], [train.labels[index]])
-    _write(os.path.join(directory, name), data)
-  _write(os.path.join(directory, _CIFAR10_TEST),
+    (folder / name).write_bytes(data)
+  (folder / _CIFAR10_TEST).write_bytes(
          _cifar_bytes(test.images, [test.labels]))
   return directory
 
@@ -189,18 +193,13 @@ def write_cifar100(directory: str, train: Arrays, test: Arrays,
   `labels` are the fine labels. Coarse labels default to fine // 5, a
   placeholder: the real fine-to-coarse map is not that simple.
   """
-  os.makedirs(directory, exist_ok=True)
+  folder = paths.makedirs(directory)
   for name, split, coarse in (("train.bin", train, train_coarse),
                               ("test.bin", test, test_coarse)):
     coarse = split.labels // 5 if coarse is None else coarse
-    _write(os.path.join(directory, name),
-           _cifar_bytes(split.images, [coarse, split.labels]))
+    (folder / name).write_bytes(
+        _cifar_bytes(split.images, [coarse, split.labels]))
   return directory
-
-
-def _write(path: str, data: bytes) -> None:
-  with open(path, "wb") as f:
-    f.write(data)
 
 
 # ---------------------------------------------------------------- MNIST ----
@@ -213,23 +212,20 @@ _IDX_IMAGES = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 _IDX_LABELS = 2049  # 0x00000801: unsigned bytes, 1 dimension
 
 
-def _mnist_path(data_dir: str, name: str) -> str | None:
+def _mnist_path(data_dir: str, name: str) -> epath.Path | None:
   for candidate in (name + ".gz", name):
-    path = os.path.join(data_dir, candidate)
-    if os.path.isfile(path):
+    path = paths.path(data_dir) / candidate
+    if path.is_file():
       return path
   return None
 
 
-def _read_idx(path: str, magic: int) -> np.ndarray:
+def _read_idx(path: epath.Path, magic: int) -> np.ndarray:
   """Reads an idx file (gzipped if named .gz) and checks its header."""
   try:
-    if path.endswith(".gz"):
-      with gzip.open(path, "rb") as f:
-        data = f.read()
-    else:
-      with open(path, "rb") as f:
-        data = f.read()
+    data = path.read_bytes()
+    if path.name.endswith(".gz"):
+      data = gzip.decompress(data)
   except (OSError, EOFError, zlib.error) as e:
     raise DataError(f"mnist: cannot read {path}: {e}") from None
   found = int.from_bytes(data[:4], "big")
@@ -295,7 +291,7 @@ def write_mnist(directory: str, train: Arrays, test: Arrays,
   Images must be [N, H, W, 1]. With `compress`, files get the official .gz
   names; without, the raw names.
   """
-  os.makedirs(directory, exist_ok=True)
+  folder = paths.makedirs(directory)
   for split, arrays in (("train", train), ("test", test)):
     if arrays.images.shape[-1] != 1:
       raise ValueError(f"MNIST images are grey [N, H, W, 1], got "
@@ -306,10 +302,9 @@ def write_mnist(directory: str, train: Arrays, test: Arrays,
         (label_name, _idx_bytes(arrays.labels, _IDX_LABELS))):
       if compress:
         # mtime=0 keeps the output byte-identical from run to run.
-        _write(os.path.join(directory, name + ".gz"),
-               gzip.compress(data, mtime=0))
+        (folder / f"{name}.gz").write_bytes(gzip.compress(data, mtime=0))
       else:
-        _write(os.path.join(directory, name), data)
+        (folder / name).write_bytes(data)
   return directory
 
 

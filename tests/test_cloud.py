@@ -1,0 +1,149 @@
+"""A run whose workdir is a bucket: everything goes to the bucket through a
+real GCS JSON API (gcp-storage-emulator, started here), a run killed with
+SIGKILL resumes from the bucket, and it ends as an uninterrupted run does.
+The emulator runs through tests/gcs_emulator.py, which adds the one response
+header of the real API that it leaves out."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from etils import epath
+
+from cnnflax import paths, train
+from cnnflax.data import sources
+from cnnflax.errors import ConfigError
+from tests.conftest import ROOT, tiny_config
+from tests.test_reliability import assert_same_params, outputs
+from tests.test_train import final_params
+
+BUCKET = "cnnflax-test"
+# tiny_config() as main.py flags, with a constant rate, so that the schedule
+# does not depend on the step count: the killed run is resumed with the
+# count that its reference uses.
+RUN = {"model.name": "lenet5_modern", "dataset.name": "synthetic",
+       "dataset.synthetic_channels": 1, "dataset.synthetic_train_size": 64,
+       "dataset.synthetic_test_size": 40, "batch_size": 16,
+       "eval_batch_size": 16, "optimizer.learning_rate": 0.01,
+       "schedule.name": "constant", "log_every_steps": 2,
+       "eval_every_steps": 4, "checkpoint_every_steps": 4}
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gcs():
+  """A GCS emulator on this machine, and the clients pointed at it."""
+  port = _free_port()
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "tests.gcs_emulator", f"--port={port}",
+       f"--bucket={BUCKET}"], cwd=ROOT, stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL)
+  deadline = time.time() + 60
+  while True:
+    try:
+      socket.create_connection(("127.0.0.1", port), timeout=1).close()
+      break
+    except OSError:
+      assert proc.poll() is None and time.time() < deadline, \
+          "gcp-storage-emulator did not start"
+      time.sleep(0.2)
+  saved = {k: os.environ.get(k) for k in (
+      "STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL",
+      "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")}
+  os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+  paths.use_emulator_settings()
+  yield f"gs://{BUCKET}"
+  proc.terminate()
+  proc.wait(timeout=30)
+  for key, value in saved.items():
+    if value is None:
+      os.environ.pop(key, None)
+    else:
+      os.environ[key] = value
+
+
+def _main(workdir: str, steps: int) -> subprocess.Popen:
+  """main.py as a user runs it (8 CPU devices, as conftest sets)."""
+  flags = [f"--config.{k}={v}" for k, v in RUN.items()]
+  return subprocess.Popen(
+      [sys.executable, "main.py", "--config=configs/default.py",
+       f"--workdir={workdir}", *flags, f"--config.num_train_steps={steps}"],
+      cwd=ROOT, stderr=subprocess.PIPE, text=True)
+
+
+def _committed_steps(folder: epath.Path) -> list[int]:
+  """Checkpoints that orbax has finished (in a bucket: with their marker)."""
+  if not folder.exists():
+    return []
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()
+                and (p / "commit_success.txt").exists())
+
+
+def _download(url: str, local) -> str:
+  """The run's small files, copied to a local folder for comparison."""
+  local.mkdir()
+  for name in ("metrics.jsonl", "eval.jsonl", "results.json", "config.json"):
+    (local / name).write_bytes((epath.Path(url) / name).read_bytes())
+  return str(local)
+
+
+def test_bucket_workdir_survives_sigkill_and_matches_local(gcs, tmp_path):
+  url = f"{gcs}/run"
+  proc = _main(url, 100_000)
+  deadline = time.time() + 300
+  while not _committed_steps(epath.Path(url) / "checkpoints"):
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    assert time.time() < deadline, "no checkpoint reached the bucket"
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  killed_at = _committed_steps(epath.Path(url) / "checkpoints")[-1]
+  steps = killed_at + 6
+  resumed = _main(url, steps)
+  _, stderr = resumed.communicate(timeout=600)
+  assert resumed.returncode == 0, stderr[-3000:]
+  assert f"Resumed from {url}/checkpoints at step {killed_at}" in stderr
+
+  local = str(tmp_path / "local")
+  config = tiny_config(**{**RUN, "num_train_steps": steps})
+  train.train_and_evaluate(config, local)
+  assert outputs(local) == outputs(_download(url, tmp_path / "copy"))
+  assert_same_params(final_params(local, config), final_params(url, config))
+  events = list((epath.Path(url) / "tensorboard").iterdir())
+  assert events and events[0].name.startswith("events.out.tfevents")
+  assert json.loads((epath.Path(url) / "config.json").read_text())[
+      "num_train_steps"] == steps
+  # Nothing was written to a local folder named after the URL.
+  assert not os.path.exists(os.path.join(ROOT, "gs:"))
+  assert not os.path.exists("gs:")
+
+
+def test_bucket_data_dir_reads_like_a_local_one(gcs, tmp_path):
+  rng = np.random.default_rng(0)
+  split = sources.Arrays(
+      images=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
+      labels=np.arange(20, dtype=np.int32) % 10)
+  sources.write_cifar10(f"{gcs}/cifar10", split, split)
+  train_split, test_split = sources.read_cifar10(f"{gcs}/cifar10")
+  assert (train_split.images == split.images).all()
+  assert (test_split.labels == split.labels).all()
+
+
+@pytest.mark.parametrize("workdir, says", [
+    (f"gs://no-such-bucket-{os.getpid()}/run", "--workdir=gs://no-such-bucket"),
+    ("/proc/cnnflax-run", "--workdir=/proc/cnnflax-run cannot be written"),
+])
+def test_unwritable_workdir_is_one_line_before_training(gcs, workdir, says):
+  with pytest.raises(ConfigError) as info:
+    train.train_and_evaluate(tiny_config(), workdir)
+  assert says in str(info.value) and "\n" not in str(info.value)

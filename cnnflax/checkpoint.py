@@ -147,11 +147,12 @@ class Checkpoints:
 
 
 def _to_tree(state: Any) -> dict:
-  # Orbax wants plain arrays, not numpy scalars. A copy, since on CPUs a
-  # fetched array can share memory with a device buffer that the next step
-  # is donated and overwrites while the background write still reads it.
+  # Orbax wants plain arrays, not numpy scalars. No copy is needed for the
+  # background write: a fetched array that views a device buffer (on CPUs)
+  # keeps it, and jax does not reuse a donated buffer that is still viewed
+  # (tests/test_reliability.py checks the written states).
   tree = serialization.to_state_dict(state)
-  return _map_leaves(tree, lambda x: np.array(x, copy=True))
+  return _map_leaves(tree, np.asarray)
 
 
 def _map_leaves(tree, fn):

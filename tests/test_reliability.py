@@ -161,3 +161,54 @@ def test_half_written_checkpoint_is_never_restored(tmp_path):
   train.train_and_evaluate(config, cut)  # resumes from step 6
   assert sorted(os.listdir(folder)) == ["3", "6", "9"]
   assert outputs(whole) == outputs(cut)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 1.3 MB tmpfs: room for two checkpoints of tiny_config's model (about
+  0.52 MB each), so the third save runs out of space while it is written in
+  the background. Needs root, as CI and the developers' machines have."""
+  folder = tmp_path / "disk"
+  folder.mkdir()
+  mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1300k", "tmpfs",
+                          str(folder)], capture_output=True, text=True)
+  if mount.returncode:
+    pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
+  yield folder
+  subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_background_save_that_fills_the_disk_keeps_the_previous_one(
+    small_disk, tmp_path):
+  config = tiny_config(num_train_steps=12)
+  workdir = str(small_disk / "run")
+  with pytest.raises(CheckpointError) as info:
+    train.train_and_evaluate(config, workdir)
+  message = str(info.value)
+  assert ("saving the checkpoint of step 9" in message
+          and "the previous checkpoint (step 6) is kept" in message), message
+  assert "\n" not in message
+  folder = os.path.join(workdir, "checkpoints")
+  assert [n for n in sorted(os.listdir(folder)) if n.isdigit()] == ["3", "6"]
+  subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)],
+                 check=True)  # space freed: the same command resumes
+  train.train_and_evaluate(config, workdir)
+  whole = str(tmp_path / "whole")
+  train.train_and_evaluate(config, whole)
+  assert outputs(whole) == outputs(workdir)
+  assert_same_params(final_params(whole, config),
+                     final_params(workdir, config))
+
+
+def test_background_save_matches_waiting_for_each_save(tmp_path):
+  """The state handed to the background writer is a copy: the next steps,
+  which reuse (donate) the device buffers, cannot change what is written."""
+  every_step = {"checkpoint_every_steps": 1, "checkpoints_to_keep": 6}
+  config = tiny_config(**every_step)
+  waiting = tiny_config(**every_step, checkpoint_async=False)
+  a, b = str(tmp_path / "async"), str(tmp_path / "sync")
+  train.train_and_evaluate(config, a)
+  train.train_and_evaluate(waiting, b)
+  for step in range(1, 7):
+    assert_same_params(final_params(a, config, step),
+                       final_params(b, waiting, step))

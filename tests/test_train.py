@@ -17,10 +17,11 @@ def read_jsonl(path):
     return [json.loads(line) for line in f]
 
 
-def final_params(workdir, config):
+def final_params(workdir, config, step=None):
+  """The state of the newest checkpoint (or of `step`'s)."""
   run = train.Run(config, workdir)
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), 3, {})
-  state, _ = ckpts.restore(jax.device_get(run.init_state()))
+  state, _ = ckpts.restore(jax.device_get(run.init_state()), step)
   return state
 
 

@@ -5,9 +5,12 @@ Across processes the all-reduce is gloo's, which adds in another order than
 the in-process one: results agree to float32 rounding, not bit for bit.
 """
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -31,8 +34,8 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def launch(workdir, processes: int, **overrides):
-  """Runs main.py as `processes` processes sharing 8 CPU devices."""
+def start(workdir, processes: int, **overrides) -> list[subprocess.Popen]:
+  """Starts main.py as `processes` processes sharing 8 CPU devices."""
   flags = [f"--config.{k}={v}" for k, v in {**RUN, **overrides}.items()]
   args = [sys.executable, "main.py", "--config=configs/default.py",
           f"--workdir={workdir}", *flags]
@@ -42,12 +45,21 @@ def launch(workdir, processes: int, **overrides):
   if processes > 1:
     env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}",
                JAX_NUM_PROCESSES=str(processes))
-  procs = [subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                            env={**env, "JAX_PROCESS_ID": str(i)})
-           for i in range(processes)]
-  for p in procs:
-    _, stderr = p.communicate(timeout=600)
-    assert p.returncode == 0, stderr[-3000:]
+  return [subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                           env={**env, "JAX_PROCESS_ID": str(i)})
+          for i in range(processes)]
+
+
+def finish(procs) -> list[tuple[int, str]]:
+  """(exit code, stderr) of each process, once all have ended."""
+  errors = [p.communicate(timeout=600)[1] for p in procs]
+  return [(p.returncode, err) for p, err in zip(procs, errors)]
+
+
+def launch(workdir, processes: int, **overrides):
+  """Runs main.py as `processes` processes until they succeed."""
+  for code, stderr in finish(start(workdir, processes, **overrides)):
+    assert code == 0, stderr[-3000:]
 
 
 def assert_close(a, b):
@@ -78,3 +90,38 @@ def test_two_processes_match_one_with_eight_devices(tmp_path):
   config = tiny_config(**{**RUN, "num_train_steps": 9})
   assert_close(final_params(one, config).params,
                final_params(two, config).params)
+
+
+def test_sigterm_to_one_host_stops_both_at_one_step_and_resumes(tmp_path):
+  """The scheduler's notice reaches one host; jax's preemption sync point
+  makes both stop after the same step, with one coordinated save."""
+  # A constant rate, so that the resumed run can end at a step count chosen
+  # after the stop, and its reference can be trained for the same count.
+  recipe = {"schedule.name": "constant", "checkpoint_every_steps": 10,
+            "eval_every_steps": 5}
+  workdir = tmp_path / "two"
+  procs = start(workdir, 2, num_train_steps=100_000, **recipe)
+  deadline = time.time() + 300
+  while not (workdir / "checkpoints" / "10").exists():
+    assert all(p.poll() is None for p in procs), finish(procs)
+    assert time.time() < deadline, "no checkpoint within 300 s"
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)  # not the host that writes the logs
+  ended = finish(procs)
+  assert [code for code, _ in ended] == [143, 143], ended
+  stops = [re.search(r"stopped by SIGTERM at step (\d+)", err) for _, err in
+           ended]
+  assert all(stops), ended
+  step = int(stops[0].group(1))
+  assert int(stops[1].group(1)) == step > 10
+  saved = sorted(int(n) for n in os.listdir(workdir / "checkpoints")
+                 if n.isdigit())
+  assert saved[-1] == step
+
+  launch(workdir, 2, num_train_steps=step + 4, **recipe)
+  one = str(tmp_path / "one")
+  config = tiny_config(**{**RUN, **recipe, "num_train_steps": step + 4})
+  train.train_and_evaluate(config, one)  # uninterrupted, 8 devices
+  assert_close(outputs(one), outputs(str(workdir)))
+  assert_close(final_params(one, config).params,
+               final_params(str(workdir), config).params)

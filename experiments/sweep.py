@@ -5,10 +5,10 @@ overrides. `--budget` scales each run's schedule (steps or epochs, schedule
 boundaries, warm-up, evaluation and checkpoint cadence) by a fraction. Runs
 go one after another on this machine (`--mode=run`: a run whose workdir
 holds results.json is skipped, an unfinished one resumes from its
-checkpoint) or into a SLURM job array (`--mode=slurm`); `--mode=table`
-collects what exists into a markdown table whose header names the budget,
-the dataset and the command, so that a reduced run never passes for the
-paper's setting.
+checkpoint) or into a SLURM job array (`--mode=slurm`, see write_slurm);
+`--mode=table` collects what exists into a markdown table whose header names
+the budget, the dataset and the command, so that a reduced run never passes
+for the paper's setting.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import importlib
 import inspect
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -43,6 +44,27 @@ flags.DEFINE_string("data_dir", "", "The dataset's local copy (else TFDS).")
 flags.DEFINE_multi_string("set", [], "KEY=VALUE config override applied to "
                           "every run after the budget, e.g. "
                           "--set=eval_every_steps=500 (repeatable).")
+# What each task of a --mode=slurm job array asks the cluster for.
+flags.DEFINE_string("slurm_partition", "", "Partition(s) of each task, e.g. "
+                    "gpu or gpu,preempt (empty: the cluster's default).")
+flags.DEFINE_string("slurm_account", "", "Account charged for the array.")
+flags.DEFINE_string("slurm_time", "", "Time limit of each task: MINUTES, "
+                    "HH:MM:SS or D-HH:MM:SS (empty: the partition's default). "
+                    "A run that needs longer saves, requeues and resumes.")
+flags.DEFINE_integer("slurm_nodes", 1, "Nodes per run, one task per node.")
+flags.DEFINE_string("slurm_gpus", "", "GPUs per node: N or TYPE:N "
+                    "(--gres=gpu:...; empty: none).")
+flags.DEFINE_integer("slurm_cpus", 0, "CPUs per task (0: the cluster's "
+                     "default).")
+flags.DEFINE_string("slurm_mem", "", "Memory per node, e.g. 64G (empty: the "
+                    "cluster's default).")
+flags.DEFINE_integer("slurm_warning_s", 120, "SLURM sends SIGTERM this many "
+                     "seconds before the time limit: time to save a "
+                     "checkpoint and requeue.")
+flags.DEFINE_integer("slurm_parallel", 0, "At most this many runs at once "
+                     "(0: no limit).")
+flags.DEFINE_multi_string("slurm_extra", [], "Another sbatch option for every "
+                          "task, e.g. --slurm_extra=--qos=high (repeatable).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,16 +233,215 @@ def run_locally(runs: Sequence[Run], root: str, budget: float,
   return failed
 
 
+@dataclasses.dataclass(frozen=True)
+class Slurm:
+  """What each task of a job array asks the cluster for (empty or 0: the
+  cluster's default). One task is one run, one process per node."""
+  partition: str = ""
+  account: str = ""
+  time: str = ""  # time limit: MINUTES, HH:MM:SS, D-HH:MM:SS, ...
+  nodes: int = 1
+  gpus: str = ""  # per node: "N" or "TYPE:N"
+  cpus: int = 0  # per task
+  mem: str = ""  # per node, e.g. "64G"
+  warning_s: int = 120  # SIGTERM this long before the time limit
+  parallel: int = 0  # at most this many tasks at once
+  extra: tuple[str, ...] = ()  # further sbatch options, "--qos=high"
+
+
+_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
+
+# sbatch options that write_slurm sets itself: the sweep flag to use instead.
+_OWN_OPTIONS = {"--partition": "--slurm_partition",
+                "--account": "--slurm_account", "--time": "--slurm_time",
+                "--nodes": "--slurm_nodes", "--gres": "--slurm_gpus",
+                "--gpus-per-node": "--slurm_gpus",
+                "--cpus-per-task": "--slurm_cpus", "--mem": "--slurm_mem",
+                "--signal": "--slurm_warning_s", "--array": "--slurm_parallel"}
+_FIXED_OPTIONS = ("--ntasks-per-node", "--ntasks", "--requeue", "--no-requeue",
+                  "--output", "--error", "--open-mode")
+
+
+def time_limit_seconds(text: str) -> int | None:
+  """A SLURM time limit in seconds (None: not a form SLURM reads)."""
+  m = _TIME.fullmatch(text)
+  if not m:
+    return None
+  days, *clock = m.groups()
+  numbers = [int(v) for v in clock if v is not None]
+  if days is not None:  # D-HH, D-HH:MM, D-HH:MM:SS
+    hours, minutes, seconds = numbers + [0] * (3 - len(numbers))
+  elif len(numbers) == 3:  # HH:MM:SS
+    hours, minutes, seconds = numbers
+  else:  # MM, MM:SS
+    hours, minutes, seconds = 0, numbers[0], (numbers + [0])[1]
+  return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def _extra_problem(option: str) -> str | None:
+  if not re.fullmatch(r"--[a-z][a-z-]*(=[^\n]+)?", option):
+    return "write one long sbatch option, e.g. --slurm_extra=--qos=high"
+  name = option.split("=")[0]
+  if name in _OWN_OPTIONS:
+    return f"use {_OWN_OPTIONS[name]} for {name}"
+  if name in _FIXED_OPTIONS:
+    return f"the sweep sets {name} itself"
+  return None
+
+
+# Each resource flag: whether SLURM takes its value, and how to write it.
+_SLURM_CHECKS = (
+    ("partition", lambda v: not v or re.fullmatch(r"[\w.-]+(,[\w.-]+)*", v),
+     "write partition names separated by commas, e.g. --slurm_partition=gpu"),
+    ("account", lambda v: not v or re.fullmatch(r"[\w.-]+", v),
+     "write one account name, e.g. --slurm_account=mylab"),
+    ("time", lambda v: not v or time_limit_seconds(v),
+     "write MINUTES, HH:MM:SS or D-HH:MM:SS, e.g. --slurm_time=12:00:00"),
+    ("nodes", lambda v: v >= 1,
+     "a run needs at least one node, e.g. --slurm_nodes=1"),
+    ("gpus", lambda v: not v or re.fullmatch(r"([\w.-]+:)?[1-9]\d*", v),
+     "write GPUs per node as N or TYPE:N, e.g. --slurm_gpus=8 or "
+     "--slurm_gpus=a100:8"),
+    ("cpus", lambda v: v >= 0,
+     "write CPUs per task, or 0 for the cluster's default"),
+    ("mem", lambda v: not v or re.fullmatch(r"[1-9]\d*[KMGT]?", v),
+     "write memory per node as a number with K, M, G or T, e.g. "
+     "--slurm_mem=64G"),
+    ("warning_s", lambda v: 1 <= v <= 65535,
+     "SLURM takes 1 to 65535 seconds, e.g. --slurm_warning_s=120"),
+    ("parallel", lambda v: v >= 0,
+     "write how many runs may go at once, or 0 for no limit"),
+)
+
+
+def check_slurm(slurm: Slurm) -> None:
+  """Raises ValueError naming the first flag SLURM would not take."""
+  for field, ok, fix in _SLURM_CHECKS:
+    value = getattr(slurm, field)
+    if not ok(value):
+      raise ValueError(f"--slurm_{field}={value}: {fix}")
+  if slurm.time and time_limit_seconds(slurm.time) <= slurm.warning_s:
+    raise ValueError(
+        f"--slurm_warning_s={slurm.warning_s}: must be shorter than "
+        f"--slurm_time={slurm.time}, else each run is told to stop at once")
+  for option in slurm.extra:
+    problem = _extra_problem(option)
+    if problem:
+      raise ValueError(f"--slurm_extra={option}: {problem}")
+
+
+def slurm_from_flags() -> Slurm:
+  f = flags.FLAGS
+  slurm = Slurm(f.slurm_partition, f.slurm_account, f.slurm_time,
+                f.slurm_nodes, f.slurm_gpus, f.slurm_cpus, f.slurm_mem,
+                f.slurm_warning_s, f.slurm_parallel, tuple(f.slurm_extra))
+  check_slurm(slurm)
+  return slurm
+
+
+def sbatch_options(slurm: Slurm, root: str, tasks: int) -> list[str]:
+  """The #SBATCH lines of the array."""
+  throttle = f"%{slurm.parallel}" if slurm.parallel else ""
+  asked = {"--partition": slurm.partition, "--account": slurm.account,
+           "--time": slurm.time, "--gres": slurm.gpus and f"gpu:{slurm.gpus}",
+           "--cpus-per-task": slurm.cpus or "", "--mem": slurm.mem}
+  options = [f"--job-name={os.path.basename(root) or 'sweep'}",
+             f"--array=0-{tasks - 1}{throttle}",
+             f"--nodes={slurm.nodes}", "--ntasks-per-node=1",
+             *[f"{k}={v}" for k, v in asked.items() if v],
+             # SIGTERM to the job steps (main.py), not to the batch shell.
+             f"--signal=TERM@{slurm.warning_s}",
+             "--requeue",  # the cluster may requeue it (preemption)
+             "--open-mode=append",  # one log across requeues
+             f"--output={os.path.join(root, 'slurm-%A_%a.out')}",
+             *slurm.extra]
+  return [f"#SBATCH {shlex.quote(o)}" for o in options]
+
+
+def task_cases(todo: Sequence[Run], root: str, budget: float,
+               extra: dict | None) -> list[str]:
+  """A `case` arm per array index: the run's name, workdir and command."""
+  lines = ['case "$SLURM_ARRAY_TASK_ID" in']
+  for i, run in enumerate(todo):
+    cmd = shlex.join(command(run, root, budget, extra))
+    lines += [f"  {i}) name={shlex.quote(run.name)}",
+              f"     workdir={shlex.quote(os.path.join(root, run.name))}",
+              f"     run=({cmd}) ;;"]
+  lines += ['  *) echo "no run for array index ${SLURM_ARRAY_TASK_ID:-}: '
+            'submit this file with sbatch" >&2; exit 2 ;;', "esac"]
+  return lines
+
+
+# What every task does with its run. main.py saves a checkpoint and exits
+# 143 on SIGTERM; the same command on the same workdir resumes it exactly.
+TASK = r"""
+task="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+say() { echo "[sweep $(date '+%F %T')] task $task, run $name: $*"; }
+if [ -e "$workdir/results.json" ]; then
+  say "results.json exists: nothing to do"
+  exit 0
+fi
+say "start $((${SLURM_RESTART_COUNT:-0} + 1)) on $(hostname)"
+
+# SIGTERM to this shell (scancel --full, the job's end) must not end it: bash
+# runs the trap once srun returns, and the shell lives to see how the run
+# ended.
+signalled=0
+trap 'signalled=1' TERM
+# A job step: SLURM's --signal and a preemption's SIGTERM go to job steps.
+srun "${srun_options[@]}" "${run[@]}"
+rc=$?
+
+if [ -e "$workdir/results.json" ]; then
+  say "finished"
+  exit 0
+fi
+# Cancelled, timed out or requeued by SLURM itself: leave it to SLURM.
+state=$(scontrol show job "$task" 2>/dev/null | grep -o 'JobState=[A-Z_]*')
+if [ "$state" != "JobState=RUNNING" ]; then
+  say "exit $rc while SLURM ends the task (${state:-JobState unknown})"
+  exit "$rc"
+fi
+# 143: main.py saved and stopped on SIGTERM. A signalled shell: the SIGTERM
+# reached srun too (scancel --full), which kills the run at once; it resumes
+# from its last periodic checkpoint.
+if [ "$rc" -eq 143 ] || [ "$signalled" -eq 1 ]; then
+  say "exit $rc after SIGTERM: requeued, resumes from its last checkpoint"
+  scontrol requeue "$task" && exit 0
+  say "scontrol requeue failed: resubmit this array to resume the run"
+  exit "$rc"
+fi
+say "failed with exit $rc"
+exit $((rc == 0 ? 1 : rc))
+"""
+
+
 def write_slurm(runs: Sequence[Run], root: str, budget: float,
-                extra: dict | None = None) -> str:
-  """A job array with one task per unfinished run; returns its path."""
+                extra: dict | None = None,
+                slurm: Slurm = Slurm()) -> str | None:
+  """A job array with one task per unfinished run; returns its path (None:
+  every run has results.json).
+
+  Each run is a job step (srun), so that SLURM's SIGTERM reaches main.py:
+  `--signal=TERM@warning_s` before the time limit, and a preemption's. It
+  saves and exits 143; the task then requeues itself and the same command
+  resumes from the workdir. A task the cluster requeues resumes the same way.
+  SLURM keeps the submitted script, so an index means the same run across
+  requeues however often this file is rewritten.
+  """
+  check_slurm(slurm)
   todo = [r for r in runs if results(root, r) is None]
-  lines = ["#!/bin/bash", f"#SBATCH --array=0-{max(len(todo) - 1, 0)}",
-           "#SBATCH --ntasks=1 --signal=TERM@120 --requeue",
-           f"cd {shlex.quote(ROOT)}", "RUNS=("]
-  lines += [f"  {shlex.quote(shlex.join(command(r, root, budget, extra)))}"
-            for r in todo]
-  lines += [")", 'eval "${RUNS[$SLURM_ARRAY_TASK_ID]}"', ""]
+  if not todo:
+    return None
+  srun = f"--cpus-per-task={slurm.cpus}" if slurm.cpus else ""
+  lines = ["#!/bin/bash", *sbatch_options(slurm, root, len(todo)),
+           f"# Written by experiments/sweep.py --mode=slurm on "
+           f"{datetime.date.today().isoformat()}: one task per run without "
+           "results.json.",
+           f"cd {shlex.quote(ROOT)}", "export PYTHONUNBUFFERED=1",
+           # Not every SLURM passes --cpus-per-task on to steps: say it.
+           f"srun_options=({srun})",
+           *task_cases(todo, root, budget, extra), TASK]
   os.makedirs(root, exist_ok=True)
   path = os.path.join(root, "sweep.sbatch")
   with open(path, "w") as f:
@@ -326,6 +547,13 @@ def execute(runs: Sequence[Run]) -> bool:
     if failed:
       print("failed:", ", ".join(failed))
   elif f.mode == "slurm":
-    print("sbatch", write_slurm(runs, f.root, f.budget, extra))
+    try:
+      path = write_slurm(runs, f.root, f.budget, extra, slurm_from_flags())
+    except ValueError as e:
+      sys.exit(f"error: {e}")
+    if path:
+      print(f"sbatch {path}\nlogs: {f.root}/slurm-JOBID_INDEX.out")
+    else:
+      print("nothing to submit: every run has results.json")
     return False
   return True

@@ -33,6 +33,8 @@ RESULTS = os.path.join(ROOT, "experiments", "results")
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+from cnnflax import paths  # noqa: E402  (after the path above)
+
 
 # The flags every sweep script takes.
 flags.DEFINE_enum("mode", "table", ["run", "slurm", "table"],
@@ -149,26 +151,29 @@ def command(run: Run, root: str, budget: float = 1.0,
   flags = [f"--config.{k}={_flag_value(v)}" for k, v in final.items()
            if base.get(k, object()) != v]
   return [sys.executable, "main.py", f"--config={run.config}",
-          f"--workdir={os.path.join(root, run.name)}", *flags]
+          f"--workdir={run_dir(root, run)}", *flags]
+
+
+def run_dir(root: str, run: Run) -> str:
+  """The run's folder under the sweep's root (a local folder or a URL)."""
+  return str(paths.path(root) / run.name)
 
 
 def results(root: str, run: Run) -> dict | None:
-  path = os.path.join(root, run.name, "results.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  path = paths.path(run_dir(root, run)) / "results.json"
+  return json.loads(path.read_text()) if path.exists() else None
 
 
-def _jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
+def _jsonl(path) -> list[dict]:
+  path = paths.path(path)
+  if not path.exists():
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in path.read_text().splitlines()
+          if line.strip()]
 
 
 def read_jsonl(root: str, run: Run, name: str) -> list[dict]:
-  return _jsonl(os.path.join(root, run.name, name))
+  return _jsonl(paths.path(run_dir(root, run)) / name)
 
 
 def test_error(result: dict | None) -> float | None:
@@ -207,14 +212,13 @@ def plot_curves(panels: dict[str, Sequence[Run]], root: str,
 def run_outputs(workdir: str) -> dict:
   """Everything a finished run reports, minus wall-clock figures: what two
   runs of the same config must agree on."""
-  metrics = _jsonl(os.path.join(workdir, "metrics.jsonl"))
+  folder = paths.path(workdir)
+  metrics = _jsonl(folder / "metrics.jsonl")
   for m in metrics:
     m.pop("images_per_sec", None)
-  with open(os.path.join(workdir, "results.json")) as f:
-    results = json.load(f)
+  results = json.loads((folder / "results.json").read_text())
   results.pop("wall_s")
-  return {"metrics": metrics,
-          "eval": _jsonl(os.path.join(workdir, "eval.jsonl")),
+  return {"metrics": metrics, "eval": _jsonl(folder / "eval.jsonl"),
           "results": results}
 
 
@@ -365,7 +369,7 @@ def task_cases(todo: Sequence[Run], root: str, budget: float,
   for i, run in enumerate(todo):
     cmd = shlex.join(command(run, root, budget, extra))
     lines += [f"  {i}) name={shlex.quote(run.name)}",
-              f"     workdir={shlex.quote(os.path.join(root, run.name))}",
+              f"     workdir={shlex.quote(run_dir(root, run))}",
               f"     run=({cmd}) ;;"]
   lines += ['  *) echo "no run for array index ${SLURM_ARRAY_TASK_ID:-}: '
             'submit this file with sbatch" >&2; exit 2 ;;', "esac"]
@@ -430,6 +434,11 @@ def write_slurm(runs: Sequence[Run], root: str, budget: float,
   requeues however often this file is rewritten.
   """
   check_slurm(slurm)
+  if paths.is_url(root):  # SLURM writes the tasks' logs into the root
+    raise ValueError(
+        f"--root={root}: --mode=slurm writes its script and SLURM's logs "
+        "into the root, which must be a folder every node sees; use a "
+        "shared folder (runs of main.py itself may write to a bucket)")
   todo = [r for r in runs if results(root, r) is None]
   if not todo:
     return None
@@ -509,7 +518,7 @@ def sweep_extra() -> dict:
   """The overrides every run gets from the flags: --data_dir and --set."""
   f = flags.FLAGS
   # Absolute paths: the runs start in the repository root.
-  extra = {"dataset.data_dir": os.path.abspath(f.data_dir)} if f.data_dir \
+  extra = {"dataset.data_dir": str(paths.path(f.data_dir))} if f.data_dir \
       else {}
   extra.update(parse_sets(f.set))
   return extra
@@ -541,7 +550,7 @@ def execute(runs: Sequence[Run]) -> bool:
   """Acts on --mode; returns whether the caller should write its table."""
   f = flags.FLAGS
   extra = sweep_extra()
-  f.root = os.path.abspath(f.root)
+  f.root = str(paths.path(f.root))  # absolute, or a bucket URL
   if f.mode == "run":
     failed = run_locally(runs, f.root, f.budget, extra)
     if failed:

@@ -21,7 +21,6 @@ experiments/results/table6_lesion.{md,png}.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 if __name__ == "__main__":  # before jax loads: see cnnflax/allocator.py
@@ -35,6 +34,7 @@ from absl import app, flags, logging
 
 import sweep
 import table1_resnet_cifar
+from cnnflax import paths
 
 FLAGS = flags.FLAGS
 
@@ -165,18 +165,16 @@ def lesion_results(run: sweep.Run, root: str, budget: float, extra: dict,
   """The study of one trained run, from its cache when the cache matches."""
   if sweep.results(root, run) is None:
     return None
-  path = os.path.join(root, run.name, "lesion.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      cached = json.load(f)
+  path = paths.path(root) / run.name / "lesion.json"
+  if path.exists():
+    cached = json.loads(path.read_text())
     asked = (min(eval_images, cached["test_size"]), samples, seed)
     if (cached["eval_images"], cached["samples"], cached["seed"]) == asked:
       return cached
   config = sweep.final_config(run, budget, extra)
-  trained, variables = restore(config, os.path.join(root, run.name))
+  trained, variables = restore(config, str(paths.path(root) / run.name))
   result = study(Evaluator(trained, variables, eval_images), samples, seed)
-  with open(path, "w") as f:
-    json.dump(result, f)
+  paths.write_atomic(path, json.dumps(result))
   return result
 
 

@@ -140,10 +140,29 @@ def test_bucket_data_dir_reads_like_a_local_one(gcs, tmp_path):
 
 
 @pytest.mark.parametrize("workdir, says", [
-    (f"gs://no-such-bucket-{os.getpid()}/run", "--workdir=gs://no-such-bucket"),
+    ("gs://no-such-bucket/run", "--workdir=gs://no-such-bucket/run"),
     ("/proc/cnnflax-run", "--workdir=/proc/cnnflax-run cannot be written"),
 ])
 def test_unwritable_workdir_is_one_line_before_training(gcs, workdir, says):
   with pytest.raises(ConfigError) as info:
     train.train_and_evaluate(tiny_config(), workdir)
   assert says in str(info.value) and "\n" not in str(info.value)
+
+
+def test_sweep_reads_runs_from_a_bucket_root(gcs):
+  sys.path.insert(0, os.path.join(ROOT, "experiments"))
+  import sweep  # pylint: disable=import-outside-toplevel
+  root = f"{gcs}/sweep"
+  run = sweep.Run("a", "configs/default.py")
+  assert sweep.results(root, run) is None
+  folder = epath.Path(sweep.run_dir(root, run))
+  assert str(folder) == f"{root}/a"
+  (folder / "results.json").write_text('{"test_top1_acc": 0.75, "wall_s": 1}')
+  (folder / "metrics.jsonl").write_text('{"step": 2, "images_per_sec": 9}\n')
+  (folder / "eval.jsonl").write_text('{"step": 2, "test_loss": 1.5}\n')
+  assert sweep.test_error(sweep.results(root, run)) == 25.0
+  assert sweep.run_outputs(str(folder)) == {
+      "metrics": [{"step": 2}], "eval": [{"step": 2, "test_loss": 1.5}],
+      "results": {"test_top1_acc": 0.75}}
+  with pytest.raises(ValueError, match="--mode=slurm writes its script"):
+    sweep.write_slurm([run], root, 1.0)

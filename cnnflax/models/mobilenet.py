@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnnflax import platform
 from cnnflax.models import register_model
 from cnnflax.models.layers import (Conv, DepthwiseSeparable, activation,
                                    batch_norm, check_at_least, check_choice,
@@ -55,7 +56,7 @@ def conv_impl(field: str) -> str:
   check_choice("conv_impl", field, ("auto", "xla", "matmul"))
   if field != "auto":
     return field
-  return "matmul" if jax.default_backend() == "cpu" else "xla"
+  return "matmul" if platform.is_cpu() else "xla"
 
 
 def stem(x: jax.Array, width: int, act, train: bool, dtype: Any,

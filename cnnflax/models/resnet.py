@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnflax import native
+from cnnflax import native, platform
 from cnnflax.models import register_model
 from cnnflax.models.layers import (Conv, activation, batch_norm, bn_act,
                                    check_choice, residual_merge)
@@ -307,7 +307,7 @@ class ResNet(nn.Module):
     falls to a slow kernel inside loops."""
     if self.conv_impl != "auto":
       return self.conv_impl
-    if jax.default_backend() != "cpu":
+    if not platform.is_cpu():
       return "xla"
     if native.available():
       return "native"

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from cnnflax import platform
+
 SOURCE = pathlib.Path(__file__).with_name("conv.cc")
 TARGETS = {"forward": "CnnflaxConvForward",
            "backward_data": "CnnflaxConvBackwardData",
@@ -148,9 +150,9 @@ conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 def supports(x: jax.Array, kernel: jax.Array, groups: int) -> bool:
-  """Whether conv2d can run this convolution here (CPU, one group, f32 or
-  bf16, oneDNN built)."""
+  """Whether conv2d can run this convolution on the platform being built
+  for (CPU, one group, f32 or bf16, oneDNN built)."""
   return (groups == 1 and x.ndim == 4
           and x.dtype in (jnp.float32, jnp.bfloat16)
           and kernel.dtype == x.dtype
-          and jax.default_backend() == "cpu" and available())
+          and platform.is_cpu() and available())

@@ -16,7 +16,7 @@ import re
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from tests.conftest import tiny_config
 
 from cnnflax import data, models, native, platform, train
 from cnnflax import step as step_lib

@@ -120,8 +120,9 @@ class LineLog:
   """A JSONL file that grows by whole lines.
 
   Local files are appended to. In a bucket, where objects cannot be
-  appended, the lines are kept and the object rewritten whole at each
-  write: a log interval's record or two, so this stays small.
+  appended, the lines are kept and the object uploaded whole at each
+  write: one line per log interval or evaluation, so kilobytes to a few
+  megabytes over a run.
   """
 
   def __init__(self, target: PathLike, lines: Iterable[str] = ()):

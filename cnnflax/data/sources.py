@@ -181,7 +181,7 @@ def write_cifar10(directory: str, train: Arrays, test: Arrays) -> str:
     data = _cifar_bytes(train.images[index], [train.labels[index]])
     (folder / name).write_bytes(data)
   (folder / _CIFAR10_TEST).write_bytes(
-         _cifar_bytes(test.images, [test.labels]))
+      _cifar_bytes(test.images, [test.labels]))
   return directory
 
 

@@ -333,6 +333,9 @@ class Loop:
     self.run, self.ckpts, self.writer = run, ckpts, writer
     self.config = run.config
     self.wall_before = meta.get("wall_s", 0.0)
+    # A run stopped on a step that evaluates saved before evaluating (the
+    # signal's grace period is for the save): the evaluation is owed.
+    self.eval_owed = bool(meta.get("eval_owed", False))
     carried = meta.get("log_sums")
     # (step, metrics) since the last log; step None: sums from a checkpoint.
     self.pending = [(None, carried)] if carried else []
@@ -356,6 +359,8 @@ class Loop:
     batches = prefetch((run.devices.shard(run.train_batch(s))
                         for s in range(start, run.num_steps)),
                        config.dataset.prefetch)
+    if self.eval_owed:
+      self.evaluate(start, state)
     self.last_log, self.last_time = start, time.perf_counter()
     try:
       final = self._steps(start, state, train_fn, batches)
@@ -384,7 +389,7 @@ class Loop:
         if step % config.log_every_steps == 0 or step == run.num_steps:
           self.log(step)
         if stop.reached(step) and step < run.num_steps:
-          self.save(step, state)
+          self.save(step, state, eval_owed=self.evaluates(step))
           self.ckpts.wait()  # the signal's grace period is for this write
           raise Stopped(stop.name, stop.exit_code, step)
         if step < run.num_steps:
@@ -409,8 +414,11 @@ class Loop:
                  _eta((self.run.num_steps - step) * seconds / steps))
     self.pending, self.last_log, self.last_time = [], step, time.perf_counter()
 
+  def evaluates(self, step: int) -> bool:
+    return self.eval_every > 0 and step % self.eval_every == 0
+
   def maybe_evaluate_and_save(self, step: int, state, metrics) -> None:
-    do_eval = self.eval_every > 0 and step % self.eval_every == 0
+    do_eval = self.evaluates(step)
     do_save = step % self.config.checkpoint_every_steps == 0
     if not (do_eval or do_save):
       return
@@ -422,8 +430,8 @@ class Loop:
       self.save(step, state)
     self.last_time += time.perf_counter() - pause
 
-  def save(self, step: int, state) -> None:
-    extra = {"wall_s": self.wall_s()}
+  def save(self, step: int, state, eval_owed: bool = False) -> None:
+    extra = {"wall_s": self.wall_s(), "eval_owed": eval_owed}
     if self.pending:  # also checks that these steps stayed finite
       extra["log_sums"] = self._fetch_pending()
     self.ckpts.save(step, self.run.devices.fetch(state), extra)

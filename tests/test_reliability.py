@@ -38,8 +38,10 @@ def test_same_config_gives_identical_bits(tmp_path):
   assert_same_params(final_params(one, config), final_params(two, config))
 
 
-def test_sigterm_saves_then_resume_is_exact(tmp_path, monkeypatch):
-  config = tiny_config()
+@pytest.mark.parametrize("eval_every", [3, 2])  # 2: the stop step evaluates
+def test_sigterm_saves_then_resume_is_exact(tmp_path, monkeypatch,
+                                            eval_every):
+  config = tiny_config(eval_every_steps=eval_every)
   whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
   train.train_and_evaluate(config, whole)
   log = train.Loop.log

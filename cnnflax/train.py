@@ -232,7 +232,7 @@ def _truncate_after(path, step: int) -> list[str]:
   path = paths.path(path)
   if not path.exists():
     return []
-  kept = [line.rstrip("\n") for line in path.read_text().splitlines()
+  kept = [line for line in path.read_text().splitlines()
           if _step_of(line) is not None and _step_of(line) <= step]
   paths.write_atomic(path, "".join(f"{line}\n" for line in kept))
   return kept

@@ -45,13 +45,6 @@ def command(workdir: str) -> list[str]:
           "--config.checkpoint_every_steps=25"]
 
 
-def newest_checkpoint(workdir: str) -> int | None:
-  folder = os.path.join(workdir, "checkpoints")
-  steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if (
-      os.path.isdir(folder)) else []
-  return max(steps, default=None)
-
-
 def logged_step(workdir: str) -> int:
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
@@ -69,7 +62,7 @@ def logged_step(workdir: str) -> int:
 def interrupted_run(workdir: str, rng: random.Random) -> list[dict]:
   kills = []
   while len(kills) < FLAGS.kills:
-    before = newest_checkpoint(workdir)
+    before = sweep.newest_checkpoint(workdir)
     proc = subprocess.Popen(command(workdir), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait = rng.uniform(0.0, FLAGS.max_wait)
@@ -87,7 +80,7 @@ def interrupted_run(workdir: str, rng: random.Random) -> list[dict]:
     reached = logged_step(workdir)
     proc.send_signal(sig)
     _, err = proc.communicate()
-    after = newest_checkpoint(workdir)
+    after = sweep.newest_checkpoint(workdir)
     kills.append({"signal": sig.name, "after_s": round(wait, 1),
                   "exit": proc.returncode, "logged_step": reached,
                   "checkpoint_before": before, "checkpoint_after": after,
@@ -96,16 +89,6 @@ def interrupted_run(workdir: str, rng: random.Random) -> list[dict]:
   subprocess.run(command(workdir), cwd=ROOT, check=True,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   return kills
-
-
-def final_params(workdir: str):
-  import jax
-  import numpy as np
-  import orbax.checkpoint as ocp
-  step = newest_checkpoint(workdir)
-  path = os.path.join(workdir, "checkpoints", str(step), "state")
-  tree = ocp.StandardCheckpointer().restore(path)
-  return [np.asarray(x) for x in jax.tree.leaves(tree["params"])]
 
 
 def main(argv):
@@ -130,7 +113,8 @@ def main(argv):
           f"{' '.join(k['said'])[:100]}")
   same_logs = sweep.run_outputs(whole) == sweep.run_outputs(cut)
   same_params = all(np.array_equal(a, b) for a, b in
-                    zip(final_params(whole), final_params(cut), strict=True))
+                    zip(sweep.final_params(whole), sweep.final_params(cut),
+                        strict=True))
   print(f"metrics, evaluations and results identical: {same_logs}")
   print(f"final parameters bitwise identical: {same_params}")
   if not (same_logs and same_params):

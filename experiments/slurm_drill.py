@@ -240,16 +240,9 @@ def log_text(root: str, job: str, index: int) -> str:
     return f.read()
 
 
-def newest_checkpoint(workdir: str) -> int | None:
-  folder = os.path.join(workdir, "checkpoints")
-  steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if (
-      os.path.isdir(folder)) else []
-  return max(steps, default=None)
-
-
 def mid_run(job: str, index: int, workdir: str) -> bool:
   """Running, with a checkpoint written, and far from its end."""
-  step = newest_checkpoint(workdir)
+  step = sweep.newest_checkpoint(workdir)
   return (task_record(job, index).get("JobState") == "RUNNING"
           and step is not None and step < FLAGS.steps // 2)
 
@@ -302,7 +295,7 @@ def interrupt_ready(job: str, root: str, interrupted: dict) -> None:
   for index, scenario in enumerate(SCENARIOS):
     workdir = os.path.join(root, scenario)
     if scenario not in interrupted and mid_run(job, index, workdir):
-      interrupted[scenario] = newest_checkpoint(workdir)
+      interrupted[scenario] = sweep.newest_checkpoint(workdir)
       how = interrupt(scenario, f"{job}_{index}")
       say(f"task {job}_{index} ({scenario}), newest checkpoint at step "
           f"{interrupted[scenario]}: {how}")
@@ -352,23 +345,13 @@ def check_task(scenario: str, index: int, job: str, root: str) -> list[str]:
   return problems
 
 
-def final_params(workdir: str) -> list:
-  import jax
-  import numpy as np
-  import orbax.checkpoint as ocp
-  path = os.path.join(workdir, "checkpoints",
-                      str(newest_checkpoint(workdir)), "state")
-  tree = ocp.StandardCheckpointer().restore(path)
-  return [np.asarray(x) for x in jax.tree.leaves(tree["params"])]
-
-
 def same_run(a: str, b: str) -> list[str]:
   """How two finished workdirs differ (empty: bit for bit the same)."""
   import numpy as np
   problems = []
   if sweep.run_outputs(a) != sweep.run_outputs(b):
     problems.append("metrics, evaluations or results differ")
-  pa, pb = final_params(a), final_params(b)
+  pa, pb = sweep.final_params(a), sweep.final_params(b)
   if len(pa) != len(pb) or not all(np.array_equal(x, y)
                                    for x, y in zip(pa, pb)):
     problems.append("final parameters differ")

@@ -222,6 +222,26 @@ def run_outputs(workdir: str) -> dict:
           "results": results}
 
 
+def newest_checkpoint(workdir: str) -> int | None:
+  """The newest checkpoint step in a run's folder (None: none yet)."""
+  folder = paths.path(workdir) / "checkpoints"
+  steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if (
+      folder.is_dir()) else []
+  return max(steps, default=None)
+
+
+def final_params(workdir: str) -> list:
+  """The parameters of a run's newest checkpoint, as flat numpy arrays:
+  what the drills compare between an interrupted run and its twin."""
+  import jax
+  import numpy as np
+  import orbax.checkpoint as ocp
+  path = (paths.path(workdir) / "checkpoints" /
+          str(newest_checkpoint(workdir)) / "state")
+  tree = ocp.StandardCheckpointer().restore(path)
+  return [np.asarray(x) for x in jax.tree.leaves(tree["params"])]
+
+
 def run_locally(runs: Sequence[Run], root: str, budget: float,
                 extra: dict | None = None) -> list[str]:
   """Runs what has no results.json yet; returns the names that failed."""
@@ -336,11 +356,9 @@ def check_slurm(slurm: Slurm) -> None:
 
 def slurm_from_flags() -> Slurm:
   f = flags.FLAGS
-  slurm = Slurm(f.slurm_partition, f.slurm_account, f.slurm_time,
-                f.slurm_nodes, f.slurm_gpus, f.slurm_cpus, f.slurm_mem,
-                f.slurm_warning_s, f.slurm_parallel, tuple(f.slurm_extra))
-  check_slurm(slurm)
-  return slurm
+  return Slurm(f.slurm_partition, f.slurm_account, f.slurm_time,
+               f.slurm_nodes, f.slurm_gpus, f.slurm_cpus, f.slurm_mem,
+               f.slurm_warning_s, f.slurm_parallel, tuple(f.slurm_extra))
 
 
 def sbatch_options(slurm: Slurm, root: str, tasks: int) -> list[str]:

@@ -18,32 +18,23 @@ from etils import epath
 from cnnflax import paths, train
 from cnnflax.data import sources
 from cnnflax.errors import ConfigError
+from tests import test_multihost
 from tests.conftest import ROOT, tiny_config
 from tests.test_reliability import assert_same_params, outputs
 from tests.test_train import final_params
 
 BUCKET = "cnnflax-test"
-# tiny_config() as main.py flags, with a constant rate, so that the schedule
-# does not depend on the step count: the killed run is resumed with the
-# count that its reference uses.
-RUN = {"model.name": "lenet5_modern", "dataset.name": "synthetic",
-       "dataset.synthetic_channels": 1, "dataset.synthetic_train_size": 64,
-       "dataset.synthetic_test_size": 40, "batch_size": 16,
-       "eval_batch_size": 16, "optimizer.learning_rate": 0.01,
-       "schedule.name": "constant", "log_every_steps": 2,
+# test_multihost's run, with a constant rate, so that the schedule does not
+# depend on the step count: the killed run is resumed with the count that
+# its reference uses.
+RUN = {**test_multihost.RUN, "schedule.name": "constant",
        "eval_every_steps": 4, "checkpoint_every_steps": 4}
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def gcs():
   """A GCS emulator on this machine, and the clients pointed at it."""
-  port = _free_port()
+  port = test_multihost.free_port()
   proc = subprocess.Popen(
       [sys.executable, "-m", "tests.gcs_emulator", f"--port={port}",
        f"--bucket={BUCKET}"], cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -73,12 +64,9 @@ def gcs():
 
 
 def _main(workdir: str, steps: int) -> subprocess.Popen:
-  """main.py as a user runs it (8 CPU devices, as conftest sets)."""
-  flags = [f"--config.{k}={v}" for k, v in RUN.items()]
-  return subprocess.Popen(
-      [sys.executable, "main.py", "--config=configs/default.py",
-       f"--workdir={workdir}", *flags, f"--config.num_train_steps={steps}"],
-      cwd=ROOT, stderr=subprocess.PIPE, text=True)
+  """main.py as a user runs it, one process with 8 CPU devices."""
+  overrides = {**RUN, "num_train_steps": steps}
+  return test_multihost.start(workdir, 1, **overrides)[0]
 
 
 def _committed_steps(folder: epath.Path) -> list[int]:
@@ -87,14 +75,6 @@ def _committed_steps(folder: epath.Path) -> list[int]:
     return []
   return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()
                 and (p / "commit_success.txt").exists())
-
-
-def _download(url: str, local) -> str:
-  """The run's small files, copied to a local folder for comparison."""
-  local.mkdir()
-  for name in ("metrics.jsonl", "eval.jsonl", "results.json", "config.json"):
-    (local / name).write_bytes((epath.Path(url) / name).read_bytes())
-  return str(local)
 
 
 def test_bucket_workdir_survives_sigkill_and_matches_local(gcs, tmp_path):
@@ -117,7 +97,7 @@ def test_bucket_workdir_survives_sigkill_and_matches_local(gcs, tmp_path):
   local = str(tmp_path / "local")
   config = tiny_config(**{**RUN, "num_train_steps": steps})
   train.train_and_evaluate(config, local)
-  assert outputs(local) == outputs(_download(url, tmp_path / "copy"))
+  assert outputs(local) == outputs(url)  # read from the bucket
   assert_same_params(final_params(local, config), final_params(url, config))
   events = list((epath.Path(url) / "tensorboard").iterdir())
   assert events and events[0].name.startswith("events.out.tfevents")

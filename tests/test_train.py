@@ -17,11 +17,10 @@ def read_jsonl(path):
     return [json.loads(line) for line in f]
 
 
-def final_params(workdir, config, step=None):
-  """The state of the newest checkpoint (or of `step`'s)."""
+def final_params(workdir, config):
   run = train.Run(config, workdir)
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), 3, {})
-  state, _ = ckpts.restore(jax.device_get(run.init_state()), step)
+  state, _ = ckpts.restore(jax.device_get(run.init_state()))
   return state
 
 

@@ -105,14 +105,16 @@ def _first_line(error: Exception) -> str:
       type(error).__name__
 
 
-def write_atomic(target: PathLike, text: str) -> None:
-  """Replaces a file whole: a reader sees the old or the new text."""
+def write_atomic(target: PathLike, content: str | bytes) -> None:
+  """Replaces a file whole: a reader sees the old or the new content."""
   target = path(target)
+  write = "write_bytes" if isinstance(content, bytes) else "write_text"
   if is_url(target):
-    target.write_text(text)  # one object upload is atomic
+    getattr(target, write)(content)  # one object upload is atomic
     return
-  tmp = target.with_name(target.name + ".tmp")
-  tmp.write_text(text)
+  # The pid: processes sharing a disk (hosts of one job) may write at once.
+  tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+  getattr(tmp, write)(content)
   os.replace(tmp, target)
 
 

@@ -19,6 +19,7 @@ from absl import logging
 from cnnflax import checkpoint, data, models, optim, paths
 from cnnflax import step as step_lib
 from cnnflax.config_check import check_config, check_schedule
+from cnnflax.data import stream
 from cnnflax.errors import ConfigError, NumericalError, Stopped
 
 
@@ -133,11 +134,31 @@ class Run:
     return self.devices.map_eval(step_lib.make_eval_program(self.model, pre))
 
   def train_batch(self, step: int) -> dict[str, np.ndarray]:
-    """This host's share of global step `step`'s batch (host arrays)."""
+    """This host's share of global step `step`'s batch (host arrays), for
+    in-memory datasets."""
     idx = self.order.indices(step)[self.devices.process_slice(
         self.config.batch_size)]
-    return data.host_batch(self.dataset, self.config.dataset, True, idx,
-                           seed=self.config.seed * 1_000_003 + step)
+    return data.host_batch(self.dataset, self.config.dataset, True, idx)
+
+  def train_batches(self, start: int) -> Iterator[dict[str, np.ndarray]]:
+    """This host's batches of steps start, start + 1, ... to the end."""
+    if not self.streamed:
+      return (self.train_batch(s) for s in range(start, self.num_steps))
+    cfg = self.config.dataset
+    make = stream.TrainBatch(
+        self.dataset.train, self.order,
+        self.devices.process_slice(self.config.batch_size), cfg.image_size,
+        self.dataset.image_shape[-1], self.config.seed)
+    return stream.batches(make, start, self.num_steps, self.workers)
+
+  @property
+  def streamed(self) -> bool:
+    return not isinstance(self.dataset.train, data.Arrays)
+
+  @property
+  def workers(self) -> int:
+    workers = self.config.dataset.workers
+    return stream.default_workers() if workers < 0 else workers
 
   def checkpoints(self) -> checkpoint.Checkpoints:
     """The workdir's checkpoints, refusing those of another run."""
@@ -150,9 +171,15 @@ class Run:
                    ) -> Iterator[dict[str, np.ndarray]]:
     """This host's share of every test example once (or of the first
     `limit`), padded and masked."""
+    rows = self.devices.process_slice(self.eval_batch_size)
+    if self.streamed:
+      make = stream.EvalBatch(self.dataset.test, self.eval_batch_size, rows,
+                              self.config.dataset.image_size,
+                              self.dataset.image_shape[-1], limit)
+      yield from stream.batches(make, 0, len(make), self.workers)
+      return
     num = self.dataset.num_test if limit is None else min(
         limit, self.dataset.num_test)
-    rows = self.devices.process_slice(self.eval_batch_size)
     for idx, mask in data.eval_batches(num, self.eval_batch_size):
       batch = data.host_batch(self.dataset, self.config.dataset, False,
                               idx[rows])
@@ -162,26 +189,43 @@ class Run:
 
 def prefetch(items: Iterable, size: int) -> Iterator:
   """Runs `items` in a thread, `size` ahead, so that host work and transfers
-  overlap the running step."""
+  overlap the running step. Closing the returned generator stops the thread
+  and closes `items` (a grain pipeline's workers end with it)."""
   if size <= 0:
     yield from items
     return
   q: queue.Queue = queue.Queue(maxsize=size)
-  done = object()
+  done, stop = object(), threading.Event()
+
+  def put(item) -> bool:
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
 
   def work():
     try:
       for item in items:
-        q.put(item)
+        if not put(item):
+          break
+      put(done)
     except BaseException as e:  # re-raised in the consumer
-      q.put(e)
-    q.put(done)
+      put(e)
+    finally:
+      if hasattr(items, "close"):
+        items.close()
 
   threading.Thread(target=work, daemon=True).start()
-  while (item := q.get()) is not done:
-    if isinstance(item, BaseException):
-      raise item
-    yield item
+  try:
+    while (item := q.get()) is not done:
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
 
 
 class Writer:
@@ -356,26 +400,37 @@ class Loop:
         data.device_arrays(run.dataset, config.dataset, False))
     train_fn, self.eval_fn = run.train_fn(), run.eval_fn()
     self.quantities = step_lib.gradient_names(host_state.params)
-    batches = prefetch((run.devices.shard(run.train_batch(s))
-                        for s in range(start, run.num_steps)),
+    batches = prefetch((run.devices.shard(b)
+                        for b in run.train_batches(start)),
                        config.dataset.prefetch)
     if self.eval_owed:
       self.evaluate(start, state)
     self.last_log, self.last_time = start, time.perf_counter()
+    self.input_wait = 0.0
     try:
       final = self._steps(start, state, train_fn, batches)
     except BaseException:
       self.ckpts.finish_quietly()  # a good save in flight still lands
       raise
+    finally:
+      batches.close()
     self.ckpts.close()
     return final
+
+  def next_batch(self, batches):
+    """The next batch, counting the time the loop waits for it."""
+    start = time.perf_counter()
+    batch = next(batches)
+    self.input_wait += time.perf_counter() - start
+    return batch
 
   def _steps(self, start: int, state, train_fn, batches) -> dict[str, float]:
     run, config = self.run, self.config
     in_flight = collections.deque()
     with StopSignals() as stop:
       for step in range(start + 1, run.num_steps + 1):
-        state, metrics = train_fn(state, self.train_arrays, next(batches))
+        state, metrics = train_fn(state, self.train_arrays,
+                                  self.next_batch(batches))
         self.pending.append((step, run.devices.first(metrics)))
         # Dispatch stays at most AHEAD steps in front of the devices (which
         # still always have work queued), so a stop signal is answered
@@ -404,15 +459,19 @@ class Loop:
     record = {"step": step, "epoch": round(step / self.run.steps_per_epoch, 4),
               **summarize(sums), "learning_rate": sums["learning_rate"],
               "images_per_sec": round(steps * self.config.batch_size
-                                      / max(seconds, 1e-9), 1)}
+                                      / max(seconds, 1e-9), 1),
+              # Time the loop waited for input: near 0 when input keeps up.
+              "input_wait_s": round(self.input_wait, 3)}
     self.writer.write("metrics", record)
     self.ckpts.poll()  # a background save that failed stops the run now
     logging.info("step %d/%d epoch %.2f loss %.4f top1 %.4f lr %.4g "
-                 "%.0f img/s ETA %s", step, self.run.num_steps,
-                 record["epoch"], record["loss"], record["top1_acc"],
-                 record["learning_rate"], record["images_per_sec"],
+                 "%.0f img/s input wait %.2fs ETA %s", step,
+                 self.run.num_steps, record["epoch"], record["loss"],
+                 record["top1_acc"], record["learning_rate"],
+                 record["images_per_sec"], self.input_wait,
                  _eta((self.run.num_steps - step) * seconds / steps))
     self.pending, self.last_log, self.last_time = [], step, time.perf_counter()
+    self.input_wait = 0.0
 
   def evaluates(self, step: int) -> bool:
     return self.eval_every > 0 and step % self.eval_every == 0

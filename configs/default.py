@@ -32,6 +32,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset.synthetic_num_classes = 10
   c.dataset.synthetic_channels = 3
   c.dataset.prefetch = 2  # host batches prepared ahead (streamed datasets)
+  # Streamed datasets: grain worker processes that decode and crop; -1: one
+  # per core this process may use, less one (the same pixels for any count).
+  c.dataset.workers = -1
+  c.dataset.version = ""  # TFDS version to read; "": the newest prepared
+  # MNIST / CIFAR: fetch the official archives (checksum-verified) when no
+  # local or TFDS copy is found, into data_dir or ~/.cache/cnnflax/datasets.
+  c.dataset.download = True
 
   c.batch_size = 64  # global, over all devices and hosts
   c.eval_batch_size = 500

@@ -1,7 +1,6 @@
 """Visiting order, padded evaluation, fitting and augmentation."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -83,10 +82,3 @@ def test_host_batches_when_data_stays_on_the_host():
   batch = data.host_batch(dataset, cfg, True, np.array([3, 1], np.int32))
   np.testing.assert_array_equal(batch["image"], dataset.train.images[[3, 1]])
   assert data.device_arrays(dataset, cfg, True) is None
-
-
-def test_host_crops_have_the_requested_size():
-  rng = np.random.default_rng(0)
-  image = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
-  assert augment.random_resized_crop(rng, image, 224).shape == (224, 224, 3)
-  assert augment.center_crop(image, 224).shape == (224, 224, 3)

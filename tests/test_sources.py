@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -307,33 +305,3 @@ def test_synthetic_deterministic():
   assert a.images.shape == (6, 5, 4, 3)
   assert a.labels.min() >= 0 and a.labels.max() < 7
   assert not np.array_equal(a.images, c.images)
-
-
-# ------------------------------------------------------------------ TFDS ----
-
-def test_read_tfds_not_prepared(tmp_path):
-  pytest.importorskip("tensorflow_datasets")
-  with pytest.raises(DataError) as info:
-    sources.read_tfds("mnist", str(tmp_path), "train")
-  message = str(info.value)
-  assert "'mnist' is not prepared" in message and str(tmp_path) in message
-  assert "tfds build" in message and "\n" not in message
-  assert not any(tmp_path.iterdir())  # nothing was downloaded or written
-
-
-def test_read_tfds_records(monkeypatch):
-  # A fake tfds: checks the record-to-array glue without prepared files.
-  records = [{"image": np.full((2, 3, 1), i, np.uint8), "label": np.int64(i)}
-             for i in range(4)]
-  builder = types.SimpleNamespace(is_prepared=lambda: True, data_dir="/fake")
-  fake = types.ModuleType("tensorflow_datasets")
-  fake.builder = lambda name, data_dir: builder
-  fake.data_source = lambda name, data_dir, split, download: records
-  fake.core = types.SimpleNamespace(
-      registered=types.SimpleNamespace(DatasetNotFoundError=LookupError))
-  monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
-  got = sources.read_tfds("fake", None, "train")
-  assert got.images.shape == (4, 2, 3, 1)
-  np.testing.assert_array_equal(got.labels, np.arange(4))
-  np.testing.assert_array_equal(got.images[:, 0, 0, 0], np.arange(4))
-  assert got.labels.dtype == np.int32

@@ -121,39 +121,3 @@ def test_data_kept_on_the_host_trains_the_same(tmp_path):
   assert on_device["test_loss"] == pytest.approx(on_host["test_loss"], rel=1e-5)
 
 
-class FakeRecords:
-  """A streamed split: images of varying size decoded on the host."""
-
-  def __init__(self, n, seed):
-    rng = np.random.default_rng(seed)
-    self.images = [rng.integers(0, 255, (40 + i % 7, 36 + i % 5, 3),
-                                dtype=np.uint8) for i in range(n)]
-    self.labels = rng.integers(0, 10, n).astype(np.int32)
-
-  def __len__(self):
-    return len(self.labels)
-
-  def load(self, indices, rng, train, size):
-    from cnnflax.data import augment
-    crop = ((lambda im: augment.random_resized_crop(rng, im, size)) if train
-            else (lambda im: augment.center_crop(im, size)))
-    return {"image": np.stack([crop(self.images[i]) for i in indices]),
-            "label": self.labels[indices]}
-
-
-def test_streamed_dataset_runs_through_the_host_pipeline(tmp_path, monkeypatch):
-  from cnnflax import data
-  from cnnflax.data import augment
-
-  def fake_load(cfg):
-    return data.Dataset("imagenet2012", 10, (32, 32, 3), FakeRecords(64, 0),
-                        FakeRecords(24, 1), augment.IMAGENET_MEAN,
-                        augment.IMAGENET_STD)
-
-  monkeypatch.setattr(data, "load", fake_load)
-  config = tiny_config(**{"dataset.name": "imagenet2012",
-                          "dataset.augment": "imagenet",
-                          "dataset.image_size": 32,
-                          "model.num_classes": 10})
-  results = train.train_and_evaluate(config, str(tmp_path / "r"))
-  assert results["steps"] == 6 and np.isfinite(results["test_loss"])

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any, Callable, Iterator
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cnnflax.data import augment, sources
+from cnnflax import paths
+from cnnflax.data import augment, download, sources, tfds_files
 from cnnflax.data.sources import Arrays
 from cnnflax.errors import DataError
 
@@ -55,23 +56,37 @@ DATASETS: dict[str, Spec] = {
 
 
 def get_spec(name: str) -> Spec:
+  if name.startswith("tfds:") and len(name) > 5:
+    # Any prepared TFDS image classification dataset; its channels and
+    # classes come from its features.json (see `prepared`).
+    return Spec(0, 0, None, None, name[5:])
   if name not in DATASETS:
     raise DataError(f"config.dataset.name={name!r} is not a known dataset; "
-                    f"choose one of: {', '.join(DATASETS)}")
+                    f"choose one of: {', '.join(DATASETS)}, or tfds:NAME for "
+                    "any prepared TFDS image classification dataset")
   return DATASETS[name]
+
+
+def prepared(cfg: ml_collections.ConfigDict) -> tfds_files.Prepared:
+  """The prepared TFDS copy of a streamed dataset."""
+  return tfds_files.find(get_spec(cfg.name).tfds_name, cfg.data_dir or None,
+                         cfg.version)
 
 
 def image_shape(cfg: ml_collections.ConfigDict) -> tuple[int, int, int]:
   """The (H, W, C) that the model sees for this dataset config."""
   spec = get_spec(cfg.name)
-  channels = cfg.synthetic_channels if cfg.name == "synthetic" else spec.channels
+  if cfg.name == "synthetic":
+    channels = cfg.synthetic_channels
+  else:
+    channels = spec.channels or prepared(cfg).channels
   return (cfg.image_size, cfg.image_size, channels)
 
 
 def num_classes(cfg: ml_collections.ConfigDict) -> int:
   if cfg.name == "synthetic":
     return cfg.synthetic_num_classes
-  return get_spec(cfg.name).num_classes
+  return get_spec(cfg.name).num_classes or prepared(cfg).num_classes
 
 
 @dataclasses.dataclass
@@ -79,7 +94,7 @@ class Dataset:
   name: str
   num_classes: int
   image_shape: tuple[int, int, int]
-  train: Any  # Arrays, or a RecordSource for streamed datasets
+  train: Any  # Arrays, or a tfds_files.Split for streamed datasets
   test: Any
   mean: np.ndarray  # per channel, 0..255 pixel units
   std: np.ndarray
@@ -108,12 +123,11 @@ def load(cfg: ml_collections.ConfigDict) -> Dataset:
     train, test = sources.load_digits(cfg.test_fraction, cfg.split_seed,
                                       cfg.image_size)
   elif spec.streamed:
-    from cnnflax.data import stream
-    train = stream.RecordSource(spec.tfds_name, cfg.data_dir or None, "train")
-    test = stream.RecordSource(spec.tfds_name, cfg.data_dir or None,
-                               "validation")
-    return Dataset(cfg.name, spec.num_classes, shape, train, test,
-                   augment.IMAGENET_MEAN, augment.IMAGENET_STD)
+    found = prepared(cfg)
+    test_split = "validation" if "validation" in found.splits else "test"
+    return Dataset(cfg.name, found.num_classes, shape, found.split("train"),
+                   found.split(test_split), augment.IMAGENET_MEAN,
+                   augment.IMAGENET_STD)
   else:
     train, test = _read_local_or_tfds(cfg, spec)
   train, test = (_fit(a, cfg.image_size, cfg.name) for a in (train, test))
@@ -122,24 +136,29 @@ def load(cfg: ml_collections.ConfigDict) -> Dataset:
 
 
 def _read_local_or_tfds(cfg, spec: Spec) -> tuple[Arrays, Arrays]:
-  data_dir = cfg.data_dir or None
+  """The official files in data_dir (or, without one, in the download
+  cache), else a prepared TFDS copy, else the official files downloaded."""
+  folder = cfg.data_dir or os.path.join(download.default_cache(), cfg.name)
   local_error = None
-  if spec.reader is not None and data_dir:
+  if spec.reader is not None and (cfg.data_dir or os.path.isdir(folder)):
     try:
-      return spec.reader(data_dir)
+      return spec.reader(folder)
     except DataError as e:
       local_error = e
   try:
-    return (sources.read_tfds(spec.tfds_name, data_dir, "train"),
-            sources.read_tfds(spec.tfds_name, data_dir, "test"))
+    return (sources.read_tfds(spec.tfds_name, cfg.data_dir or None, "train"),
+            sources.read_tfds(spec.tfds_name, cfg.data_dir or None, "test"))
   except DataError as tfds_error:
+    if spec.reader is not None and cfg.download and not paths.is_url(folder):
+      return spec.reader(download.fetch(cfg.name, folder))
     if local_error is not None:
       raise local_error from None
     if spec.reader is not None:
       raise DataError(
           f"{cfg.name}: no local copy and no prepared TFDS dataset "
           f"({tfds_error}); put {spec.files_hint} in a folder and set "
-          "--config.dataset.data_dir to it") from None
+          "--config.dataset.data_dir to it, or set "
+          "--config.dataset.download=True to fetch them") from None
     raise
 
 
@@ -221,17 +240,15 @@ def on_device(dataset: Dataset, cfg: ml_collections.ConfigDict) -> bool:
   return isinstance(dataset.train, Arrays) and cfg.on_device
 
 
-def host_batch(dataset: Dataset, cfg, train: bool, indices: np.ndarray,
-               seed: int = 0) -> dict[str, np.ndarray]:
-  """What the host sends for one batch: indices only when the data lives on
-  the devices, else the (host-augmented) uint8 images and labels."""
+def host_batch(dataset: Dataset, cfg, train: bool,
+               indices: np.ndarray) -> dict[str, np.ndarray]:
+  """What the host sends for one batch of an in-memory dataset: indices only
+  when the data lives on the devices, else the uint8 images and labels.
+  (Streamed datasets make their batches in `stream`.)"""
   if on_device(dataset, cfg):
     return {"index": indices}
   split = dataset.train if train else dataset.test
-  if isinstance(split, Arrays):
-    return {"image": split.images[indices], "label": split.labels[indices]}
-  rng = np.random.default_rng([seed, int(indices[0]), len(indices)])
-  return split.load(indices, rng, train, cfg.image_size)
+  return {"image": split.images[indices], "label": split.labels[indices]}
 
 
 def device_preprocess(dataset: Dataset, cfg, train: bool, dtype=jnp.float32):

@@ -58,40 +58,65 @@ def augment_batch(words: jax.Array, images: jax.Array, kind: str,
   return images
 
 
-# --- host side: ImageNet-style crops of decoded images of any size ---------
+# --- host side: ImageNet-style crops, decoded from the encoded bytes ------
+# Each crop is taken as a box of the stored image and resized to size x size
+# in one Pillow call. Before decoding, JPEG's DCT-domain downscaling
+# (Image.draft: 1/2, 1/4 or 1/8) shrinks the image as far as the box still
+# holds at least size x size pixels, so small crops decode a fraction of it.
 
 
-def random_resized_crop(rng: np.random.Generator, image: np.ndarray,
-                        size: int, area=(0.08, 1.0),
-                        ratio=(3 / 4, 4 / 3)) -> np.ndarray:
-  """Inception-style crop (Szegedy et al. 2015): random area and aspect."""
-  h, w = image.shape[:2]
+def crop_box(rng: np.random.Generator, width: int, height: int,
+             area=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, ...]:
+  """Inception-style random-resized crop (Szegedy et al. 2015), as
+  torchvision draws it: (left, top, width, height) of a box covering a
+  uniform share of the area with log-uniform aspect; after 10 misses, the
+  central box of the image clamped to the aspect range."""
   for _ in range(10):
-    target = rng.uniform(*area) * h * w
+    target = rng.uniform(*area) * width * height
     aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
-    cw = int(round(np.sqrt(target * aspect)))
-    ch = int(round(np.sqrt(target / aspect)))
-    if 0 < cw <= w and 0 < ch <= h:
-      y = rng.integers(0, h - ch + 1)
-      x = rng.integers(0, w - cw + 1)
-      return resize(image[y:y + ch, x:x + cw], size, size)
-  return center_crop(image, size)
+    w = int(round(np.sqrt(target * aspect)))
+    h = int(round(np.sqrt(target / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      return (int(rng.integers(0, width - w + 1)),
+              int(rng.integers(0, height - h + 1)), w, h)
+  w, h = width, height
+  if width / height < ratio[0]:
+    h = int(round(width / ratio[0]))
+  elif width / height > ratio[1]:
+    w = int(round(height * ratio[1]))
+  return (width - w) // 2, (height - h) // 2, w, h
 
 
-def center_crop(image: np.ndarray, size: int,
-                crop_fraction: float = 0.875) -> np.ndarray:
-  """Evaluation crop: resize the short side to size/0.875, take the centre."""
-  h, w = image.shape[:2]
-  scale = size / crop_fraction / min(h, w)
-  nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-  image = resize(image, nh, nw)
-  y, x = (nh - size) // 2, (nw - size) // 2
-  return image[y:y + size, x:x + size]
+def center_box(width: int, height: int, size: int,
+               crop_fraction: float = 0.875) -> tuple[float, ...]:
+  """The evaluation crop: the central square that, once the short side is
+  resized to size / crop_fraction, is size x size (the 0.875 of the
+  ResNet and Inception evaluations)."""
+  side = min(width, height) * crop_fraction
+  return (width - side) / 2, (height - side) / 2, side, side
 
 
-def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+def decode_crop(data: bytes, size: int, channels: int,
+                rng: np.random.Generator | None) -> np.ndarray:
+  """Decodes an encoded image into a size x size uint8 crop: a random-resized
+  crop when `rng` is given (training), else the centre crop."""
   from PIL import Image  # only streamed datasets need Pillow
-  squeeze = image.ndim == 3 and image.shape[-1] == 1
-  pil = Image.fromarray(image[..., 0] if squeeze else image)
-  out = np.asarray(pil.resize((width, height), Image.BILINEAR))
-  return out[..., None] if squeeze else out
+  import io
+  image = Image.open(io.BytesIO(data))
+  width, height = image.size
+  box = (crop_box(rng, width, height) if rng is not None
+         else center_box(width, height, size))
+  scale = size / min(box[2], box[3])
+  mode = "L" if channels == 1 else "RGB"
+  if scale < 1:
+    image.draft(mode, (int(np.ceil(width * scale)),
+                       int(np.ceil(height * scale))))
+  sx, sy = image.size[0] / width, image.size[1] / height
+  left, top, w, h = box
+  image = image.resize((size, size), Image.BILINEAR,
+                       box=(left * sx, top * sy, (left + w) * sx,
+                            (top + h) * sy))
+  if image.mode != mode:
+    image = image.convert(mode)
+  out = np.asarray(image)
+  return out[..., None] if channels == 1 else out

@@ -388,48 +388,28 @@ def synthetic(num_examples: int, image_shape: tuple[int, int, int],
 # ----------------------------------------------------------------- TFDS ----
 
 def read_tfds(name: str, data_dir: str | None, split: str) -> Arrays:
-  """Reads a TFDS dataset already prepared as array_record files.
+  """Reads a split of a prepared TFDS dataset (array_record or tfrecord)
+  whole, without TensorFlow or tfds (`tfds_files`).
 
   Never downloads: on a machine without network a missing dataset must fail
   at once with the fix, not hang on a download.
   """
+  from cnnflax.data import tfds_files
+  records = tfds_files.find(name, data_dir).split(split)
+  return _records_to_arrays([_decode_image(records[i], name)
+                             for i in range(len(records))], name)
+
+
+def _decode_image(record: tuple[bytes, int], name: str) -> dict:
+  import io
+  from PIL import Image, UnidentifiedImageError
+  encoded, label = record
   try:
-    import tensorflow_datasets as tfds  # lazy: slow import, rarely needed
-  except ImportError:
-    raise DataError(
-        f"tfds: reading {name!r} needs tensorflow-datasets; "
-        f"pip install tensorflow-datasets") from None
-  where = data_dir or "the TFDS default data_dir"
-  fix = (f"prepare it on a machine with network with `tfds build {name} "
-         f"--data_dir={data_dir or '<dir>'} --file_format=array_record`, "
-         f"or for cifar10/cifar100/mnist set --config.dataset.data_dir to "
-         f"the official files")
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError:
-    raise DataError(f"tfds: {name!r} is not a TFDS dataset name") from None
-  # Check first: tfds.data_source on a missing dataset fails with an unrelated
-  # file-format message.
-  if not builder.is_prepared():
-    raise DataError(
-        f"tfds: dataset {name!r} is not prepared in {where} (looked for "
-        f"{builder.data_dir}); {fix}")
-  try:
-    source = tfds.data_source(name, data_dir=data_dir, split=split,
-                              download=False)
-  except NotImplementedError:
-    raise DataError(
-        f"tfds: {name!r} in {builder.data_dir} is not stored as array_record, "
-        f"which random access needs; {fix}") from None
-  except ValueError as e:  # e.g. an unknown split name
-    raise DataError(f"tfds: {name!r} split {split!r}: {e}") from None
-  try:
-    records = [source[i] for i in range(len(source))]
-  except ImportError:
-    raise DataError(
-        f"tfds: decoding the images of {name!r} needs Pillow or OpenCV; "
-        f"pip install pillow") from None
-  return _records_to_arrays(records, name)
+    return {"image": np.asarray(Image.open(io.BytesIO(encoded))),
+            "label": label}
+  except UnidentifiedImageError:
+    raise DataError(f"tfds: {name!r} has an image that Pillow cannot decode; "
+                    "the copy is corrupt: prepare it again") from None
 
 
 def _records_to_arrays(records: list[dict], name: str) -> Arrays:

@@ -1,50 +1,112 @@
-"""Streamed datasets (ImageNet size): random access into TFDS array_record
-files, decoded and cropped on the host."""
+"""Streamed datasets (ImageNet size): prepared TFDS splits read by index,
+decoded and cropped in grain worker processes.
+
+Each element of the grain pipeline is one host batch: `TrainBatch(step)` or
+`EvalBatch(number)`, a pure function of its argument. So
+
+  * the visiting order is `TrainOrder`'s, a pure function of (seed, step):
+    resuming at step s just starts the range at s, no iterator state;
+  * the crop of each example is drawn from (seed, step, its position in the
+    global batch): the same pixels for any number of workers or hosts;
+  * each host decodes only its own rows of the global batch.
+
+grain gives worker k the elements k, k + n, ... of n workers and returns
+them in order; a batch travels from its worker once, whole.
+"""
 from __future__ import annotations
 
-import concurrent.futures
+import os
+from typing import Callable, Iterator
 
 import numpy as np
 
 from cnnflax.data import augment
-from cnnflax.errors import DataError
 
 
-class RecordSource:
-  """One split of a prepared TFDS dataset, read by example index."""
+def default_workers() -> int:
+  """One worker per core this process may use (a SLURM or taskset binding
+  counts), leaving one for the training loop."""
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    cores = os.cpu_count() or 1
+  return max(1, cores - 1)
 
-  def __init__(self, name: str, data_dir: str | None, split: str,
-               threads: int = 8):
-    try:
-      import tensorflow_datasets as tfds
-      self._source = tfds.data_source(name, split=split, data_dir=data_dir,
-                                      download=False)
-    except Exception as e:  # tfds raises many types for a missing dataset
-      raise DataError(
-          f"{name}: no prepared TFDS dataset in "
-          f"{data_dir or '~/tensorflow_datasets'} ({type(e).__name__}); "
-          f"prepare it with `tfds build {name} --data_dir=DIR` (ImageNet "
-          "needs its tars in DIR/downloads/manual) and set "
-          "--config.dataset.data_dir=DIR") from None
-    self._pool = concurrent.futures.ThreadPoolExecutor(threads)
+
+class TrainBatch:
+  """Global step -> this host's rows of its training batch (uint8 crops)."""
+
+  def __init__(self, split, order, rows: slice, size: int, channels: int,
+               seed: int):
+    self.split, self.order, self.rows = split, order, rows
+    self.size, self.channels, self.seed = size, channels, seed
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    step = int(step)
+    indices = self.order.indices(step)
+    positions = np.arange(len(indices))[self.rows]
+    rngs = [np.random.default_rng([self.seed, step, p]) for p in positions]
+    return _decode(self.split, indices[positions], rngs, self.size,
+                   self.channels)
+
+
+class EvalBatch:
+  """Batch number -> this host's rows of that evaluation batch: every
+  example once, the last batch padded with example 0 and masked."""
+
+  def __init__(self, split, batch_size: int, rows: slice, size: int,
+               channels: int, limit: int | None = None):
+    self.split, self.batch_size, self.rows = split, batch_size, rows
+    self.size, self.channels = size, channels
+    self.num = len(split) if limit is None else min(limit, len(split))
 
   def __len__(self) -> int:
-    return len(self._source)
+    return -(-self.num // self.batch_size)
 
-  def load(self, indices: np.ndarray, rng: np.random.Generator, train: bool,
-           size: int) -> dict[str, np.ndarray]:
-    seeds = rng.integers(0, 2**31, len(indices))
+  def __call__(self, number: int) -> dict[str, np.ndarray]:
+    start = int(number) * self.batch_size
+    indices = np.arange(start, start + self.batch_size)
+    mask = (indices < self.num).astype(np.float32)
+    indices = np.where(mask > 0, indices, 0)
+    batch = _decode(self.split, indices[self.rows], None, self.size,
+                    self.channels)
+    batch["mask"] = mask[self.rows]
+    return batch
 
-    def one(i, seed):
-      record = self._source[int(i)]
-      image = np.asarray(record["image"])
-      if train:
-        image = augment.random_resized_crop(np.random.default_rng(seed), image,
-                                            size)
-      else:
-        image = augment.center_crop(image, size)
-      return image, record["label"]
 
-    pairs = list(self._pool.map(one, indices, seeds))
-    return {"image": np.stack([p[0] for p in pairs]).astype(np.uint8),
-            "label": np.asarray([p[1] for p in pairs], np.int32)}
+def _decode(split, indices: np.ndarray, rngs, size: int,
+            channels: int) -> dict[str, np.ndarray]:
+  images = np.empty((len(indices), size, size, channels), np.uint8)
+  labels = np.empty(len(indices), np.int32)
+  for k, index in enumerate(indices):
+    encoded, labels[k] = split[int(index)]
+    images[k] = augment.decode_crop(encoded, size, channels,
+                                    rngs[k] if rngs else None)
+  return {"image": images, "label": labels}
+
+
+def batches(make: Callable[[int], dict], first: int, stop: int,
+            workers: int, buffer: int = 2) -> Iterator[dict]:
+  """make(first), ..., make(stop - 1), computed by `workers` grain worker
+  processes (0: in this process) and yielded in order."""
+  import grain
+  from absl import flags
+  if not flags.FLAGS.is_parsed():  # grain reads its absl flags; library use
+    flags.FLAGS.mark_as_parsed()
+  dataset = grain.MapDataset.range(first, stop).map(make)
+  # One batch at a time in each process: its decoding is the parallelism.
+  pipeline = dataset.to_iter_dataset(
+      grain.ReadOptions(num_threads=1, prefetch_buffer_size=buffer))
+  if workers > 0:
+    pipeline = pipeline.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=buffer))
+  iterator = iter(pipeline)
+  try:
+    for batch in iterator:
+      # Out of the worker's shared memory at once, so that grain frees it
+      # now rather than when jax lets go of the batch.
+      yield {key: np.array(value) for key, value in batch.items()}
+  finally:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+      close()  # stops the worker processes now, not at garbage collection

@@ -216,6 +216,7 @@ def run_outputs(workdir: str) -> dict:
   metrics = _jsonl(folder / "metrics.jsonl")
   for m in metrics:
     m.pop("images_per_sec", None)
+    m.pop("input_wait_s", None)
   results = json.loads((folder / "results.json").read_text())
   results.pop("wall_s")
   return {"metrics": metrics, "eval": _jsonl(folder / "eval.jsonl"),

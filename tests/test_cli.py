@@ -70,7 +70,8 @@ def test_missing_dataset_says_which_files_to_put_where(tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()
   proc = cli("main.py", "--config=configs/lenet5.py", f"--workdir={tmp_path}/w",
-             f"--config.dataset.data_dir={empty}")
+             f"--config.dataset.data_dir={empty}",
+             "--config.dataset.download=False")  # tests never use a network
   assert proc.returncode == 2
   line = error_line(proc)
   assert "train-images-idx3-ubyte" in line and str(empty) in line

@@ -296,3 +296,47 @@ def test_table_matches_readers_and_cache(monkeypatch):
   monkeypatch.delenv("XDG_CACHE_HOME")
   assert download.default_cache() == os.path.expanduser(
       "~/.cache/cnnflax/datasets")
+
+
+# ------------------------------------------- through data.load, as runs do ----
+
+def _cifar_config(tmp_path, monkeypatch, archive):
+  from conftest import tiny_config
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no_tfds"))
+  monkeypatch.setitem(download.ARCHIVES, "cifar10", (archive,))
+  return tiny_config(**{"dataset.name": "cifar10", "dataset.data_dir": "",
+                        "dataset.image_size": 32}).dataset
+
+
+def test_a_run_without_data_downloads_into_the_cache(tmp_path, monkeypatch,
+                                                     server):
+  from cnnflax import data
+  archive, train, test = _cifar_archive(tmp_path, server)
+  cfg = _cifar_config(tmp_path, monkeypatch, archive)
+  loaded = data.load(cfg)
+  _assert_same(loaded.train, train)
+  _assert_same(loaded.test, test)
+  assert os.listdir(tmp_path / "xdg" / "cnnflax" / "datasets" / "cifar10") == [
+      "cifar-10-batches-bin"]
+  data.load(cfg)
+  assert len(server.requests) == 1  # the second run reads the cache
+
+
+def test_a_run_offline_says_where_it_looked_and_what_to_put(tmp_path,
+                                                            monkeypatch):
+  from cnnflax import data
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]  # closed once the block ends
+  archive = download.Archive(f"http://127.0.0.1:{port}/cifar-10-binary.tar.gz",
+                             10, "0" * 64, "cifar-10-batches-bin", True)
+  cfg = _cifar_config(tmp_path, monkeypatch, archive)
+  with pytest.raises(DataError) as info:
+    data.load(cfg)
+  message = _one_line(info)
+  assert "no copy in" in message and "cnnflax/datasets/cifar10" in message
+  assert "could not download" in message and "data_dir" in message
+  cfg.download = False
+  with pytest.raises(DataError, match="data_batch_1.bin"):
+    data.load(cfg)

@@ -34,7 +34,8 @@ def test_run_writes_everything(tmp_path):
   metrics = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   assert [m["step"] for m in metrics] == [2, 4, 6]
   assert set(metrics[0]) >= {"step", "epoch", "loss", "top1_acc",
-                             "learning_rate", "images_per_sec"}
+                             "learning_rate", "images_per_sec",
+                             "input_wait_s"}
   evals = read_jsonl(os.path.join(workdir, "eval.jsonl"))
   assert [e["step"] for e in evals] == [3, 6]
   assert set(evals[0]) >= {"test_loss", "test_top1_acc", "test_top5_acc"}

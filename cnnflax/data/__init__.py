@@ -150,7 +150,7 @@ def _read_local_or_tfds(cfg, spec: Spec) -> tuple[Arrays, Arrays]:
             sources.read_tfds(spec.tfds_name, cfg.data_dir or None, "test"))
   except DataError as tfds_error:
     if spec.reader is not None and cfg.download and not paths.is_url(folder):
-      return spec.reader(download.fetch(cfg.name, folder))
+      return spec.reader(_download(cfg.name, folder))
     if local_error is not None:
       raise local_error from None
     if spec.reader is not None:
@@ -160,6 +160,15 @@ def _read_local_or_tfds(cfg, spec: Spec) -> tuple[Arrays, Arrays]:
           "--config.dataset.data_dir to it, or set "
           "--config.dataset.download=True to fetch them") from None
     raise
+
+
+def _download(name: str, folder: str) -> str:
+  try:
+    return download.fetch(name, folder)
+  except DataError as e:  # offline, most often: say where we looked too
+    reason = str(e).removeprefix(f"{name}: ")
+    raise DataError(f"{name}: no copy in {folder} and no prepared TFDS "
+                    f"dataset; {reason}") from None
 
 
 def _fit(arrays: Arrays, size: int, name: str) -> Arrays:

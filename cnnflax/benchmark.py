@@ -1,6 +1,8 @@
-"""Times the real train step on synthetic data of a config's shape.
+"""Times the real train step on synthetic data of a config's shape, or,
+with --input, the input pipeline alone.
 
   python -m cnnflax.benchmark --config=configs/default.py --steps=50
+  python -m cnnflax.benchmark --config=configs/resnet50.py --input --workers=2
 
 Prints one JSON line: images_per_sec (steps run back to back, one sync at the
 end; with --trials=N the median of N such runs of the one compiled step, all
@@ -12,12 +14,21 @@ memory where the backend reports it, and `memory`: XLA's account of the
 compiled step's buffers in bytes (temp: activations and other scratch;
 argument, output, alias: state and batch in, state out, and what is updated
 in place), known from compilation alone.
+
+--input times the training input of a streamed dataset (decoding, the
+random-resized crop, batching, the trip from the worker processes) without
+any model, and prints input_images_per_sec (batches after the first from
+every worker, so worker start-up is left out), workers, per_worker, and
+startup_s. Without --config.dataset.data_dir it reads a generated
+ImageNet-like dataset (cnnflax.data.imagenet_like: about 500x375 px and
+110 KB JPEGs) written to a temporary folder.
 """
 from __future__ import annotations
 
 import json
 import resource
 import statistics
+import tempfile
 import time
 
 if __name__ == "__main__":  # before jax loads: nothing before it survives
@@ -31,6 +42,8 @@ from ml_collections import config_flags
 
 import cnnflax  # noqa: F401  (fast XLA defaults)
 from cnnflax import allocator, data, train
+from cnnflax.data import imagenet_like
+from cnnflax.errors import ConfigError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -42,6 +55,13 @@ flags.DEFINE_integer("steps", 20, "Timed steps after compilation; 0 times "
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_integer("trials", 1, "Back-to-back runs of --steps steps; "
                      "images_per_sec is their median.")
+flags.DEFINE_bool("input", False, "Time the input pipeline alone.")
+flags.DEFINE_integer("workers", -1, "--input: grain worker processes (0: "
+                     "in this process); -1: config.dataset.workers.")
+flags.DEFINE_integer("input_batches", 0, "--input: timed batches; 0: 8 per "
+                     "worker (at least 8).")
+flags.DEFINE_integer("input_images", 512, "--input: images generated when "
+                     "no data_dir is given.")
 
 
 def synthetic_like(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -141,8 +161,57 @@ def peak_memory() -> dict:
           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
+def input_benchmark(config: ml_collections.ConfigDict, workers: int,
+                    batches: int = 0, images: int = 512) -> dict:
+  """Images per second of the training input alone (see the module doc)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if workers >= 0:
+    config.dataset.workers = workers
+  with tempfile.TemporaryDirectory() as tmp:
+    generated = not config.dataset.data_dir
+    if generated:
+      start = time.perf_counter()
+      imagenet_like.write_tfds(tmp, images, 1)
+      generate_s = time.perf_counter() - start
+      config.dataset.name, config.dataset.data_dir = "imagenet2012", tmp
+    run = train.Run(config, workdir="")
+    if not run.streamed:
+      raise ConfigError(f"config.dataset.name={config.dataset.name!r} is "
+                        "held in memory, not streamed; --input times streamed "
+                        "datasets (imagenet2012, tfds:NAME)")
+    workers = run.workers
+    batches = batches or max(8, 8 * workers)
+    # Timing starts once every worker has delivered its first batch.
+    first = max(workers, 1)
+    start = time.perf_counter()
+    stream_ = run.train_batches(0, stop=first + batches)
+    for _ in range(first):
+      next(stream_)
+    startup_s = time.perf_counter() - start
+    start = time.perf_counter()
+    count = sum(len(next(stream_)["label"]) for _ in range(batches))
+    seconds = time.perf_counter() - start
+    stream_.close()
+  rate = count / seconds
+  result = {"input_images_per_sec": round(rate, 1), "workers": workers,
+            "per_worker": round(rate / max(workers, 1), 1),
+            "batch_size": config.batch_size,
+            "image_size": config.dataset.image_size, "images_timed": count,
+            "seconds": round(seconds, 2), "startup_s": round(startup_s, 2),
+            "dataset": config.dataset.name, "generated": generated,
+            "allocator": allocator.describe()}
+  if generated:
+    result["generate_s"] = round(generate_s, 2)
+  return result
+
+
 def main(argv):
   del argv
+  if FLAGS.input:
+    print(json.dumps(input_benchmark(FLAGS.config, FLAGS.workers,
+                                     FLAGS.input_batches,
+                                     FLAGS.input_images)))
+    return
   print(json.dumps(benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup,
                              FLAGS.trials)))
 

@@ -140,16 +140,19 @@ class Run:
         self.config.batch_size)]
     return data.host_batch(self.dataset, self.config.dataset, True, idx)
 
-  def train_batches(self, start: int) -> Iterator[dict[str, np.ndarray]]:
-    """This host's batches of steps start, start + 1, ... to the end."""
+  def train_batches(self, start: int, stop: int | None = None
+                    ) -> Iterator[dict[str, np.ndarray]]:
+    """This host's batches of steps start, start + 1, ... before `stop`
+    (default: the end of training)."""
+    stop = self.num_steps if stop is None else stop
     if not self.streamed:
-      return (self.train_batch(s) for s in range(start, self.num_steps))
+      return (self.train_batch(s) for s in range(start, stop))
     cfg = self.config.dataset
     make = stream.TrainBatch(
         self.dataset.train, self.order,
         self.devices.process_slice(self.config.batch_size), cfg.image_size,
         self.dataset.image_shape[-1], self.config.seed)
-    return stream.batches(make, start, self.num_steps, self.workers)
+    return stream.batches(make, start, stop, self.workers)
 
   @property
   def streamed(self) -> bool:
@@ -189,11 +192,11 @@ class Run:
 
 def prefetch(items: Iterable, size: int) -> Iterator:
   """Runs `items` in a thread, `size` ahead, so that host work and transfers
-  overlap the running step. Closing the returned generator stops the thread
-  and closes `items` (a grain pipeline's workers end with it)."""
+  overlap the running step. The thread starts now (a grain pipeline's
+  workers start while the step compiles). Closing the returned generator
+  stops the thread and closes `items` (a grain pipeline's workers end)."""
   if size <= 0:
-    yield from items
-    return
+    return (item for item in items)
   q: queue.Queue = queue.Queue(maxsize=size)
   done, stop = object(), threading.Event()
 
@@ -219,6 +222,10 @@ def prefetch(items: Iterable, size: int) -> Iterator:
         items.close()
 
   threading.Thread(target=work, daemon=True).start()
+  return _drain(q, done, stop)
+
+
+def _drain(q: queue.Queue, done, stop: threading.Event) -> Iterator:
   try:
     while (item := q.get()) is not done:
       if isinstance(item, BaseException):
@@ -338,6 +345,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   logging.info("%s: %s parameters, %d steps (%d per epoch), %d devices",
                config.model.name, f"{params:,}", run.num_steps,
                run.steps_per_epoch, run.devices.count)
+  if run.streamed:
+    logging.info("reading %s and %s with %d grain workers",
+                 run.dataset.train.where, run.dataset.test.where, run.workers)
   loop = Loop(run, ckpts, writer, meta)
   final = loop.train(host_state)
   results = {"test_top1_acc": final["top1_acc"],
@@ -345,6 +355,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
              "steps": run.num_steps, "params": params,
              "wall_s": round(loop.wall_s(), 3), "model": config.model.name,
              "dataset": config.dataset.name, "devices": run.devices.count}
+  if run.streamed:  # which prepared copy (version, format) was read
+    results["data"] = [run.dataset.train.where, run.dataset.test.where]
   writer.write_json("results.json", results)
   writer.close()
   logging.info("Done: test top-1 %.4f, top-5 %.4f, loss %.4f",

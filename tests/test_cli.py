@@ -78,6 +78,18 @@ def test_missing_dataset_says_which_files_to_put_where(tmp_path):
   assert "data_dir" in line
 
 
+def test_input_benchmark_on_generated_jpegs_prints_one_json_line():
+  proc = cli("-m", "cnnflax.benchmark", "--config=configs/resnet50.py",
+             "--input", "--workers=1", "--input_images=40",
+             "--input_batches=2", "--config.batch_size=16")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  line = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert line["workers"] == 1 and line["generated"] is True
+  assert line["images_timed"] == 32 and line["image_size"] == 224
+  assert line["input_images_per_sec"] > 0
+  assert line["per_worker"] == line["input_images_per_sec"]
+
+
 def test_summary_table_and_json():
   proc = cli("-m", "cnnflax.summary", "--config=configs/default.py")
   assert proc.returncode == 0, proc.stderr[-2000:]

@@ -25,6 +25,8 @@ BAD = [
     ({"schedule.boundaries": "32k"}, "tuple of numbers"),
     ({"schedule.warmup_type": "cubic"}, "config.schedule.warmup_type"),
     ({"half_precision": "yes"}, "must be True or False"),
+    ({"dataset.workers": -2}, "config.dataset.workers=-2 is not valid; it must be >= -1"),
+    ({"dataset.download": "no"}, "config.dataset.download='no'"),
     ({"label_smoothing": 1.5}, "config.label_smoothing=1.5"),
     ({"num_train_steps": 0, "num_epochs": 0.0}, "set one of them"),
     ({"dataset.augment": "mixup"}, "config.dataset.augment='mixup'"),

@@ -59,8 +59,10 @@ def test_pad_crop_flip_moves_and_mirrors_but_keeps_pixels():
 
 
 def test_unknown_dataset_is_refused():
-  with pytest.raises(DataError, match="not a known dataset"):
-    data.get_spec("imagenet22k")
+  for name in ("imagenet22k", "tfds:"):
+    with pytest.raises(DataError, match="not a known dataset.*tfds:NAME"):
+      data.get_spec(name)
+  assert data.get_spec("tfds:food101").tfds_name == "food101"
 
 
 def test_normalised_device_batch_has_zero_mean_unit_std():

@@ -368,9 +368,52 @@ def test_training_streams_through_worker_processes(ours, tmp_path):
       "batch_size": 8, "eval_batch_size": 8, "num_train_steps": 6})
   results = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert results["steps"] == 6 and np.isfinite(results["test_loss"])
+  assert results["data"][1].endswith("tiny/1.0.0 (validation, tfrecord)")
   metrics = [json.loads(line) for line in
              (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   assert [m["step"] for m in metrics] == [2, 4, 6]
   assert all(m["input_wait_s"] >= 0 for m in metrics)
   evals = (tmp_path / "run" / "eval.jsonl").read_text().splitlines()
   assert len(evals) == 2  # steps 3 and 6
+
+
+def test_sigterm_to_every_process_then_resume_is_exact(ours, tmp_path,
+                                                       monkeypatch):
+  """A scheduler signals the training process and its grain workers alike;
+  the workers leave the stop to it, and the resumed run, mid-epoch, ends as
+  the uninterrupted one."""
+  import multiprocessing
+  import os
+  import signal
+  import sys
+  from cnnflax.errors import Stopped
+  from conftest import ROOT
+  sys.path.insert(0, os.path.join(ROOT, "experiments"))
+  from sweep import run_outputs
+
+  config = tiny_config(**{
+      "model.name": "lenet5", "dataset.name": "tfds:tiny",
+      "dataset.data_dir": str(ours / "array_record"), "dataset.augment":
+      "imagenet", "dataset.image_size": 32, "dataset.workers": 1,
+      "batch_size": 8, "eval_batch_size": 8, "num_train_steps": 15,
+      "eval_every_steps": 15})  # the stop comes with batches still to make
+  whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
+  train.train_and_evaluate(config, whole)
+  log = train.Loop.log
+
+  def log_then_preempt(self, step):
+    log(self, step)
+    if step == 2:
+      workers = multiprocessing.active_children()
+      assert workers  # the grain worker is running
+      for process in workers:
+        os.kill(process.pid, signal.SIGTERM)
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(train.Loop, "log", log_then_preempt)
+  with pytest.raises(Stopped) as info:
+    train.train_and_evaluate(config, cut)
+  assert info.value.step == 2
+  monkeypatch.setattr(train.Loop, "log", log)
+  train.train_and_evaluate(config, cut)
+  assert run_outputs(whole) == run_outputs(cut)

@@ -176,3 +176,38 @@ def examples(count: int, num_classes: int,
   for _ in range(count):
     label = int(rng.integers(num_classes))
     yield jpeg(rng), label
+
+
+def write_tfds(data_dir: str, train: int, validation: int,
+               file_format: str = "array_record", seed: int = 0,
+               images_per_shard: int = 1024) -> str:
+  """Writes generated images as a prepared TFDS `imagenet2012` (1000
+  classes, train and validation splits) in `data_dir`; returns `data_dir`.
+  Read with --config.dataset.data_dir=data_dir."""
+  from cnnflax.data import tfds_files
+  tfds_files.write(data_dir, "imagenet2012", "5.1.0",
+                   {"train": examples(train, 1000, seed),
+                    "validation": examples(validation, 1000, seed + 1)},
+                   1000, file_format, per_shard=images_per_shard)
+  return data_dir
+
+
+def main(argv) -> None:
+  del argv
+  from absl import flags
+  f = flags.FLAGS
+  write_tfds(f.out, f.train, f.validation, f.file_format, f.seed)
+  print(f"wrote imagenet2012 to {f.out}: {f.train} train and {f.validation} "
+        f"validation images ({f.file_format})")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  flags.DEFINE_string("out", None, "The TFDS data_dir to write into.")
+  flags.DEFINE_integer("train", 10_000, "Training images.")
+  flags.DEFINE_integer("validation", 1_000, "Validation images.")
+  flags.DEFINE_enum("file_format", "array_record", ["array_record", "tfrecord"],
+                    "TFDS file format.")
+  flags.DEFINE_integer("seed", 0, "Seed of the generated images.")
+  flags.mark_flags_as_required(["out"])
+  app.run(main)

@@ -16,11 +16,15 @@ them in order; a batch travels from its worker once, whole.
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 from typing import Callable, Iterator
 
 import numpy as np
 
 from cnnflax.data import augment
+from cnnflax.errors import DataError
 
 
 def default_workers() -> int:
@@ -85,11 +89,35 @@ def _decode(split, indices: np.ndarray, rngs, size: int,
   return {"image": images, "label": labels}
 
 
+def _worker_init(index: int, count: int) -> None:
+  """Runs first in each worker. Stop signals (SIGTERM from a scheduler,
+  Ctrl-C) reach the whole process group, but are the training process's to
+  handle: it saves, then closes the workers. A worker whose training process
+  is gone (killed with SIGKILL, say) ends instead of running on as an
+  orphan."""
+  del index, count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  parent = os.getppid()
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(1)
+    os._exit(1)
+
+  threading.Thread(target=watch, daemon=True).start()
+
+
 def batches(make: Callable[[int], dict], first: int, stop: int,
             workers: int, buffer: int = 2) -> Iterator[dict]:
   """make(first), ..., make(stop - 1), computed by `workers` grain worker
   processes (0: in this process) and yielded in order."""
-  import grain
+  try:
+    import grain
+  except ImportError:
+    raise DataError("streamed datasets decode in grain worker processes; "
+                    "pip install 'cnnflax[imagenet]' (or -e '.[imagenet]')"
+                    ) from None
   from absl import flags
   if not flags.FLAGS.is_parsed():  # grain reads its absl flags; library use
     flags.FLAGS.mark_as_parsed()
@@ -99,7 +127,8 @@ def batches(make: Callable[[int], dict], first: int, stop: int,
       grain.ReadOptions(num_threads=1, prefetch_buffer_size=buffer))
   if workers > 0:
     pipeline = pipeline.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=workers, per_worker_buffer_size=buffer))
+        num_workers=workers, per_worker_buffer_size=buffer),
+        worker_init_fn=_worker_init)
   iterator = iter(pipeline)
   try:
     for batch in iterator:

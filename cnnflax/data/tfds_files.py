@@ -80,7 +80,8 @@ class Prepared:
           f"{self.name} {self.version}: the {split} shards hold {len(records)} "
           f"records but dataset_info.json says {sum(lengths)}; the copy is "
           f"incomplete or corrupt: copy or prepare it again")
-    return Split(records, self.image_key, self.label_key)
+    return Split(records, self.image_key, self.label_key,
+                 f"{self.folder} ({split}, {self.file_format})")
 
 
 def find(name: str, data_dir: str | None, version: str = "") -> Prepared:
@@ -186,8 +187,10 @@ def _shard_name(template: str, dataset: str, split: str, file_format: str,
 class Split:
   """One split: records by index, parsed into (encoded image, label)."""
 
-  def __init__(self, records, image_key: str, label_key: str):
+  def __init__(self, records, image_key: str, label_key: str,
+               where: str = ""):
     self.records, self.image_key, self.label_key = records, image_key, label_key
+    self.where = where  # for logs and results.json: folder, split, format
 
   def __len__(self) -> int:
     return len(self.records)
@@ -207,7 +210,12 @@ class ArrayRecords:
   """array_record shards; picklable, opened lazily in each process."""
 
   def __init__(self, files: list[str]):
-    from array_record.python import array_record_data_source
+    try:
+      from array_record.python import array_record_data_source
+    except ImportError:
+      raise DataError(f"{files[0]} is an array_record file, and reading it "
+                      "needs the array_record package: pip install "
+                      "'cnnflax[imagenet]' (or -e '.[imagenet]')") from None
     self._source = array_record_data_source.ArrayRecordDataSource(files)
 
   def __len__(self) -> int:
@@ -417,28 +425,32 @@ def serialize_example(features: dict[str, bytes | int | list]) -> bytes:
 def write(data_dir: str, name: str, version: str,
           splits: dict[str, Iterable[tuple[bytes, int]]], num_classes: int,
           file_format: str = "array_record", shards: int = 1,
-          encoding: str = "jpeg", channels: int = 3) -> str:
+          encoding: str = "jpeg", channels: int = 3,
+          per_shard: int | None = None) -> str:
   """Writes (encoded image, label) pairs as a prepared TFDS dataset with
   `image`, `label` and `file_name` features, the layout `tfds build` makes;
-  returns the version folder."""
+  returns the version folder. Each split goes into `shards` equal shards,
+  or, with `per_shard`, is streamed into shards of that many records."""
   if file_format not in FORMATS:
     raise ValueError(f"file_format={file_format!r}; choose one of {FORMATS}")
   folder = paths.path(data_dir) / name / version
   paths.makedirs(folder)
   infos = []
   for split, examples in splits.items():
-    records = [serialize_example({"image": image, "label": int(label),
-                                  "file_name": f"{split}_{i:08d}.jpg".encode()})
-               for i, (image, label) in enumerate(examples)]
-    bounds = np.linspace(0, len(records), shards + 1).astype(int)
-    for i in range(shards):
-      shard = folder / _shard_name(_TEMPLATE, name, split, file_format, i,
-                                   shards)
-      _write_shard(shard, records[bounds[i]:bounds[i + 1]], file_format)
+    records = (serialize_example({"image": image, "label": int(label),
+                                  "file_name": f"{split}_{i:08d}".encode()})
+               for i, (image, label) in enumerate(examples))
+    lengths, sizes = [], []
+    for i, chunk in enumerate(_chunks(records, shards, per_shard)):
+      _write_shard(folder / f".{split}-{i:05d}.part", chunk, file_format)
+      lengths.append(len(chunk))
+      sizes.append(sum(map(len, chunk)))
+    for i in range(len(lengths)):  # the count is known only now
+      os.replace(folder / f".{split}-{i:05d}.part", folder / _shard_name(
+          _TEMPLATE, name, split, file_format, i, len(lengths)))
     infos.append({"filepathTemplate": _TEMPLATE, "name": split,
-                  "numBytes": str(sum(map(len, records))),
-                  "shardLengths": [str(b - a) for a, b in
-                                   zip(bounds[:-1], bounds[1:])]})
+                  "numBytes": str(sum(sizes)),
+                  "shardLengths": [str(n) for n in lengths]})
   info = {"fileFormat": file_format, "moduleName": "cnnflax.data.tfds_files",
           "name": name, "splits": infos, "version": version,
           "supervisedKeys": {"tuple": {"items": [{"featureKey": "image"},
@@ -449,6 +461,23 @@ def write(data_dir: str, name: str, version: str,
   # Last: a folder without it is an unfinished one and is not read.
   paths.write_atomic(folder / "dataset_info.json", json.dumps(info, indent=2))
   return str(folder)
+
+
+def _chunks(records: Iterable[bytes], shards: int, per_shard: int | None):
+  if per_shard:
+    chunk = []
+    for record in records:
+      chunk.append(record)
+      if len(chunk) == per_shard:
+        yield chunk
+        chunk = []
+    if chunk:
+      yield chunk
+    return
+  records = list(records)
+  bounds = np.linspace(0, len(records), shards + 1).astype(int)
+  for a, b in zip(bounds[:-1], bounds[1:]):
+    yield records[a:b]
 
 
 def _features_json(num_classes: int, encoding: str, channels: int) -> dict:

@@ -63,6 +63,14 @@ def use_emulator_settings() -> None:
   os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 
+def cache_dir(*parts: str) -> str:
+  """A folder under `$XDG_CACHE_HOME/cnnflax` (else ~/.cache/cnnflax): the
+  downloaded datasets, the tfrecord indexes."""
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+      os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "cnnflax", *parts)
+
+
 def makedirs(folder: PathLike) -> epath.Path:
   """Makes a local folder and its parents. A bucket has no folders, and
   gcsfs's makedirs would create a missing bucket, so URLs are left alone."""

@@ -81,7 +81,7 @@ def tfds_built(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-  monkeypatch.setenv("HOME", str(tmp_path / "home"))  # tfrecord index cache
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # indexes
 
 
 def order_of_tfds(split) -> list[int]:
@@ -417,3 +417,26 @@ def test_sigterm_to_every_process_then_resume_is_exact(ours, tmp_path,
   monkeypatch.setattr(train.Loop, "log", log)
   train.train_and_evaluate(config, cut)
   assert run_outputs(whole) == run_outputs(cut)
+
+
+def test_tfrecord_offsets_are_indexed_once_per_shard_version(tmp_path,
+                                                             monkeypatch):
+  folder = tmp_path / "data" / "tiny" / "1.0.0"
+  write_tiny(tmp_path / "data")
+  first = tfds_files.find("tiny", str(tmp_path / "data")).split("train")
+  assert len(list((tmp_path / "cache").rglob("*.npy"))) == 2  # two shards
+  scans = []
+  scan = tfds_files._scan_tfrecord
+  monkeypatch.setattr(tfds_files, "_scan_tfrecord",
+                      lambda *a: scans.append(a) or scan(*a))
+  again = tfds_files.find("tiny", str(tmp_path / "data")).split("train")
+  assert scans == [] and again[3] == first[3]
+  # A rewritten shard (new size and mtime) is scanned again.
+  write_tiny(tmp_path / "data")
+  shard = sorted(folder.glob("tiny-train.tfrecord-*"))[0]
+  with shard.open("ab") as f:
+    f.write(b"")
+  import os
+  os.utime(shard, (1, 1))
+  tfds_files.find("tiny", str(tmp_path / "data")).split("train")
+  assert len(scans) == 1

@@ -112,11 +112,11 @@ def decode_crop(data: bytes, size: int, channels: int,
     image.draft(mode, (int(np.ceil(width * scale)),
                        int(np.ceil(height * scale))))
   sx, sy = image.size[0] / width, image.size[1] / height
+  if image.mode != mode:  # grey, CMYK, palette: before resizing, which
+    image = image.convert(mode)  # would take palette images' nearest
   left, top, w, h = box
   image = image.resize((size, size), Image.BILINEAR,
                        box=(left * sx, top * sy, (left + w) * sx,
                             (top + h) * sy))
-  if image.mode != mode:
-    image = image.convert(mode)
   out = np.asarray(image)
   return out[..., None] if channels == 1 else out

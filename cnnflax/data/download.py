@@ -91,9 +91,7 @@ ARCHIVES: dict[str, tuple[Archive, ...]] = {
 
 def default_cache() -> str:
   """`$XDG_CACHE_HOME/cnnflax/datasets`, else `~/.cache/cnnflax/datasets`."""
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-      os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "cnnflax", "datasets")
+  return paths.cache_dir("datasets")
 
 
 def fetch(dataset: str, folder: str,

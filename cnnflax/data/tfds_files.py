@@ -7,7 +7,7 @@ and the shards `NAME-SPLIT.FORMAT-0000i-of-0000n`, each record a serialized
 
   * array_record (random access built in), through the array_record package;
   * tfrecord (`tfds build`'s default), by indexing each shard's record
-    offsets once (cached under ~/.cache/cnnflax/tfrecord_index) and then
+    offsets once (cached in paths.cache_dir('tfrecord_index')) and then
     reading records by offset.
 
 It parses `tf.train.Example` with a small protobuf decoder of its own, so
@@ -258,7 +258,7 @@ def _tfrecord_offsets(file: str) -> np.ndarray:
   path = paths.path(file)
   stat = path.stat()
   key = hashlib.sha256(f"{path}|{stat.length}|{stat.mtime}".encode())
-  cache = (paths.path(os.path.expanduser("~/.cache/cnnflax/tfrecord_index"))
+  cache = (paths.path(paths.cache_dir("tfrecord_index"))
            / f"{key.hexdigest()[:32]}.npy")
   try:
     with cache.open("rb") as f:

@@ -80,6 +80,9 @@ FIELDS: dict[str, Rule] = {
     "dataset.workers": number(-1, integer=True),
     "dataset.version": text,
     "dataset.download": boolean,
+    "dataset.train_crop": choice("random_resized", "scale", "square"),
+    "dataset.scale_range": numbers,
+    "dataset.pca_noise": number(0),
     "batch_size": POSITIVE_INT,
     "eval_batch_size": POSITIVE_INT,
     "num_epochs": number(),
@@ -159,8 +162,20 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.optimizer.nesterov and not config.optimizer.momentum:
     raise ConfigError("config.optimizer.nesterov=True needs "
                       "config.optimizer.momentum > 0")
+  if config.dataset.train_crop in ("scale", "square"):
+    _check_scale_range(config.dataset)
   data.get_spec(config.dataset.name)
   models.model_info(config.model.name)
+
+
+def _check_scale_range(cfg: ml_collections.ConfigDict) -> None:
+  low, *rest = tuple(cfg.scale_range) or (0,)
+  if (len(rest) != 1 or int(low) != low or int(rest[0]) != rest[0]
+      or not cfg.image_size <= low <= rest[0]):
+    raise ConfigError(
+        f"config.dataset.scale_range={tuple(cfg.scale_range)} is not valid; "
+        f"give (S_min, S_max), whole numbers with image_size "
+        f"{cfg.image_size} <= S_min <= S_max, e.g. (256, 512)")
 
 
 def check_schedule(config: ml_collections.ConfigDict, boundaries: list[int],

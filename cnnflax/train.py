@@ -151,7 +151,8 @@ class Run:
     make = stream.TrainBatch(
         self.dataset.train, self.order,
         self.devices.process_slice(self.config.batch_size), cfg.image_size,
-        self.dataset.image_shape[-1], self.config.seed)
+        self.dataset.image_shape[-1], self.config.seed, cfg.train_crop,
+        cfg.scale_range, cfg.pca_noise)
     return stream.batches(make, start, stop, self.workers)
 
   @property

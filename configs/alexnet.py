@@ -3,10 +3,10 @@ CNN, 40.7% top-1 / 18.2% top-5 error on the ILSVRC-2012 validation set).
 
 Recipe (Section 5): batch 128, SGD momentum 0.9, weight decay 5e-4, learning
 rate 0.01 divided by 10 three times, about 90 epochs; dropout 0.5 in fc6 and
-fc7; 227x227 crops and flips. The paper divided the rate when the validation
-error stopped improving; we fix the divisions at epochs 30, 60 and 80. Our
-crops are random-resized crops (the paper: random 224 crops of 256x256
-images plus PCA colour noise, which we do not reproduce).
+fc7; random 227x227 crops of the central square rescaled to 256x256, flips,
+and PCA colour noise (std 0.1). The paper divided the rate when the
+validation error stopped improving; we fix the divisions at epochs 30, 60
+and 80. (The paper says 224 crops; 227 is what its layer sizes need.)
 
   python main.py --config=configs/alexnet.py --workdir=runs/alexnet \
       --config.dataset.data_dir=/path/to/tensorflow_datasets
@@ -23,6 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.name = "alexnet"
   default.imagenet(c, image_size=227)
   c.batch_size = 128
+  c.dataset.train_crop = "square"
+  c.dataset.scale_range = (256, 256)
+  c.dataset.pca_noise = 0.1
   c.num_epochs = 90.0
   default.sgd_steps(c, 0.01, 5e-4, (30, 60, 80))
   return c

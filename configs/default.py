@@ -39,6 +39,12 @@ def get_config() -> ml_collections.ConfigDict:
   # MNIST / CIFAR: fetch the official archives (checksum-verified) when no
   # local or TFDS copy is found, into data_dir or ~/.cache/cnnflax/datasets.
   c.dataset.download = True
+  # Streamed training crops: random_resized (Inception's area and aspect),
+  # scale (VGG: short side S uniform in scale_range, random crop) or square
+  # (AlexNet: the central square at S x S, random crop).
+  c.dataset.train_crop = "random_resized"
+  c.dataset.scale_range = (256, 512)
+  c.dataset.pca_noise = 0.0  # AlexNet's PCA colour noise std (paper: 0.1)
 
   c.batch_size = 64  # global, over all devices and hosts
   c.eval_batch_size = 500

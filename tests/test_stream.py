@@ -275,6 +275,47 @@ def test_random_resized_crop_box_follows_area_and_aspect():
   assert augment.crop_box(rng, 400, 20, area=(0.99, 1.0)) == (186, 0, 27, 20)
 
 
+def test_scale_and_square_boxes_follow_vgg_and_alexnet():
+  rng = np.random.default_rng(1)
+  sides = []
+  for _ in range(300):
+    x, y, w, h = augment.scale_box(rng, 500, 375, 224, (256, 512))
+    assert w == h and 0 <= x <= 500 - w and 0 <= y <= 375 - h
+    sides.append(w)
+    # AlexNet: inside the central 375 x 375 square, 224/256 of its side.
+    x, y, w, h = augment.square_box(rng, 500, 375, 224, (256, 256))
+    assert w == pytest.approx(375 * 224 / 256)
+    assert 62.5 <= x <= 62.5 + 375 - w and 0 <= y <= 375 - h
+  # Short side S in [256, 512] -> the crop covers 224/S of it.
+  assert min(sides) >= 224 * 375 / 512 - 1e-9
+  assert max(sides) <= 224 * 375 / 256 + 1e-9
+  assert max(sides) - min(sides) > 100
+
+
+def test_pca_colour_noise_has_alexnets_covariance():
+  rng = np.random.default_rng(2)
+  shifts = np.stack([augment.pca_offset(rng, 0.1) for _ in range(20000)])
+  vec, val = augment.PCA_EIGVEC, augment.PCA_EIGVAL
+  want = vec @ np.diag((0.1 * val * 255) ** 2) @ vec.T
+  np.testing.assert_allclose(np.cov(shifts.T), want, rtol=0.05, atol=0.01)
+  assert np.abs(shifts.mean(0)).max() < 0.1
+
+
+def test_colour_noise_leaves_the_crops_and_shifts_on_the_device(ours):
+  import jax.numpy as jnp
+  split = split_of(ours)
+  plain = train_maker(split)(0)
+  noisy = stream.TrainBatch(split, TrainOrder(len(split), 8, 3), slice(None),
+                            16, 3, 3, pca_noise=0.1)(0)
+  np.testing.assert_array_equal(plain["image"], noisy["image"])
+  assert noisy["colour_offset"].shape == (8, 3)
+  mean, std = np.full(3, 100., np.float32), np.full(3, 50., np.float32)
+  got = augment.normalize(jnp.asarray(noisy["image"]), mean, std,
+                          offset=jnp.asarray(noisy["colour_offset"]))
+  want = (noisy["image"] + noisy["colour_offset"][:, None, None] - mean) / std
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_grey_png_datasets_read_whole(tmp_path):
   """Small TFDS datasets (MNIST's layout: grey PNG) load as arrays."""
   def png(i):
@@ -365,6 +406,10 @@ def test_training_streams_through_worker_processes(ours, tmp_path):
       "model.name": "lenet5", "dataset.name": "tfds:tiny",
       "dataset.data_dir": str(ours / "tfrecord"), "dataset.augment":
       "imagenet", "dataset.image_size": 32, "dataset.workers": 1,
+      # VGG's crops and AlexNet's colour noise (random_resized crops run
+      # in the SIGTERM test below)
+      "dataset.train_crop": "scale", "dataset.scale_range": (32, 48),
+      "dataset.pca_noise": 0.1,
       "batch_size": 8, "eval_batch_size": 8, "num_train_steps": 6})
   results = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert results["steps"] == 6 and np.isfinite(results["test_loss"])

@@ -280,7 +280,8 @@ def device_preprocess(dataset: Dataset, cfg, train: bool, dtype=jnp.float32):
       images, labels = batch["image"], batch["label"]
     images = augment.augment_batch(words, images, kind, cfg.crop_padding,
                                    cfg.flip)
-    return augment.normalize(images, mean, std, dtype), labels
+    return augment.normalize(images, mean, std, dtype,
+                             batch.get("colour_offset")), labels
 
   return fn
 

@@ -16,8 +16,13 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 
 
 def normalize(images: jax.Array, mean: jax.Array, std: jax.Array,
-              dtype=jnp.float32) -> jax.Array:
-  return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
+              dtype=jnp.float32, offset: jax.Array | None = None) -> jax.Array:
+  """(images + offset - mean) / std in float32, then `dtype`; `offset` is
+  a per-image RGB shift [batch, C] (AlexNet's PCA colour noise)."""
+  images = images.astype(jnp.float32)
+  if offset is not None:
+    images = images + offset[:, None, None, :]
+  return ((images - mean) / std).astype(dtype)
 
 
 # Random 32-bit words each example's device augmentation draws: crop row,
@@ -96,16 +101,66 @@ def center_box(width: int, height: int, size: int,
   return (width - side) / 2, (height - side) / 2, side, side
 
 
+def scale_box(rng: np.random.Generator, width: int, height: int, size: int,
+              scale_range=(256, 512)) -> tuple[float, ...]:
+  """VGG's scale jittering (Simonyan and Zisserman 2015, Sec. 3.1): the
+  image isotropically rescaled so that its short side is S, uniform in
+  `scale_range`, then a random size x size crop: the box of the stored
+  image that becomes that crop."""
+  side = size * min(width, height) / rng.integers(scale_range[0],
+                                                  scale_range[1] + 1)
+  return (rng.uniform(0, width - side), rng.uniform(0, height - side), side,
+          side)
+
+
+def square_box(rng: np.random.Generator, width: int, height: int, size: int,
+               scale_range=(256, 256)) -> tuple[float, ...]:
+  """AlexNet's crops (Krizhevsky et al. 2012, Sec. 2 and 4.1): the central
+  square of the image rescaled to S x S (S = 256 in the paper), then a
+  random size x size crop of it."""
+  square = min(width, height)
+  side = size * square / rng.integers(scale_range[0], scale_range[1] + 1)
+  return ((width - square) / 2 + rng.uniform(0, square - side),
+          (height - square) / 2 + rng.uniform(0, square - side), side, side)
+
+
+# AlexNet's "PCA colour augmentation" (Krizhevsky et al. 2012, Sec. 4.1):
+# eigenvalues and eigenvectors of the RGB covariance of ImageNet's training
+# pixels (0..1 units), the values fb.resnet.torch and most reproductions use.
+PCA_EIGVAL = np.array([0.2175, 0.0188, 0.0045], np.float32)
+PCA_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
+                       [-0.5808, -0.0045, -0.8140],
+                       [-0.5836, -0.6948, 0.4203]], np.float32)
+
+
+def pca_offset(rng: np.random.Generator, std: float) -> np.ndarray:
+  """The RGB shift, in 0..255 units, added to every pixel of one image:
+  sum_i alpha_i lambda_i p_i with alpha_i ~ N(0, std) (the paper: 0.1)."""
+  alpha = rng.normal(0.0, std, 3).astype(np.float32)
+  return (PCA_EIGVEC @ (alpha * PCA_EIGVAL) * 255).astype(np.float32)
+
+
+def train_box(kind: str, rng: np.random.Generator, width: int, height: int,
+              size: int, scale_range) -> tuple[float, ...]:
+  """The training crop `config.dataset.train_crop` names."""
+  if kind == "scale":
+    return scale_box(rng, width, height, size, scale_range)
+  if kind == "square":
+    return square_box(rng, width, height, size, scale_range)
+  return crop_box(rng, width, height)
+
+
 def decode_crop(data: bytes, size: int, channels: int,
-                rng: np.random.Generator | None) -> np.ndarray:
-  """Decodes an encoded image into a size x size uint8 crop: a random-resized
-  crop when `rng` is given (training), else the centre crop."""
+                rng: np.random.Generator | None, kind: str = "random_resized",
+                scale_range=(256, 512)) -> np.ndarray:
+  """Decodes an encoded image into a size x size uint8 crop: the training
+  crop `kind` drawn from `rng`, or without `rng` the centre crop."""
   from PIL import Image  # only streamed datasets need Pillow
   import io
   image = Image.open(io.BytesIO(data))
   width, height = image.size
-  box = (crop_box(rng, width, height) if rng is not None
-         else center_box(width, height, size))
+  box = (train_box(kind, rng, width, height, size, scale_range)
+         if rng is not None else center_box(width, height, size))
   scale = size / min(box[2], box[3])
   mode = "L" if channels == 1 else "RGB"
   if scale < 1:

@@ -38,20 +38,29 @@ def default_workers() -> int:
 
 
 class TrainBatch:
-  """Global step -> this host's rows of its training batch (uint8 crops)."""
+  """Global step -> this host's rows of its training batch: uint8 crops,
+  labels, and with `pca_noise` each image's RGB shift (added on the
+  device, before normalising)."""
 
   def __init__(self, split, order, rows: slice, size: int, channels: int,
-               seed: int):
+               seed: int, crop: str = "random_resized",
+               scale_range=(256, 512), pca_noise: float = 0.0):
     self.split, self.order, self.rows = split, order, rows
     self.size, self.channels, self.seed = size, channels, seed
+    self.crop, self.scale_range = crop, tuple(scale_range)
+    self.pca_noise = pca_noise
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     step = int(step)
     indices = self.order.indices(step)
     positions = np.arange(len(indices))[self.rows]
     rngs = [np.random.default_rng([self.seed, step, p]) for p in positions]
-    return _decode(self.split, indices[positions], rngs, self.size,
-                   self.channels)
+    batch = _decode(self.split, indices[positions], rngs, self.size,
+                    self.channels, self.crop, self.scale_range)
+    if self.pca_noise > 0:  # drawn after the crop: crops stay as they were
+      batch["colour_offset"] = np.stack(
+          [augment.pca_offset(rng, self.pca_noise) for rng in rngs])
+    return batch
 
 
 class EvalBatch:
@@ -78,14 +87,16 @@ class EvalBatch:
     return batch
 
 
-def _decode(split, indices: np.ndarray, rngs, size: int,
-            channels: int) -> dict[str, np.ndarray]:
+def _decode(split, indices: np.ndarray, rngs, size: int, channels: int,
+            crop: str = "random_resized",
+            scale_range=(256, 512)) -> dict[str, np.ndarray]:
   images = np.empty((len(indices), size, size, channels), np.uint8)
   labels = np.empty(len(indices), np.int32)
   for k, index in enumerate(indices):
     encoded, labels[k] = split[int(index)]
     images[k] = augment.decode_crop(encoded, size, channels,
-                                    rngs[k] if rngs else None)
+                                    rngs[k] if rngs else None, crop,
+                                    scale_range)
   return {"image": images, "label": labels}
 
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from cnnflax.models import register_model
 from cnnflax.models.layers import (LRN, SplitConv, activation, batch_norm,
                                    check_choice, check_rate)
+from cnnflax.models.vgg import fc_window, fc_windows
 
 # Section 3 of the paper: (features, kernel, stride, padding, split into the
 # two columns, LRN after, 3x3/2 max-pool after). conv1 is unpadded so that
@@ -98,7 +99,11 @@ class AlexNet(nn.Module):
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False,
+               dense: bool = False) -> jax.Array:
+    """Logits [N, classes]; with dense=True the class score map
+    [N, H', W', classes] of the FC layers applied as convolutions over a
+    larger image (as VGG's dense evaluation, `vgg.fc_windows`)."""
     if min(x.shape[-3:-1]) < 67:
       raise ValueError(f"AlexNet takes inputs of at least 67x67, got "
                        f"{x.shape[-3:-1]}; set config.dataset.image_size")
@@ -106,7 +111,8 @@ class AlexNet(nn.Module):
                         self.activation, self.weight_init, self.dtype,
                         self.axis_name, name="features")(
                             x.astype(self.dtype), train)
-    x = x.reshape(x.shape[0], -1)
+    x = (fc_windows(x, fc_window(self, "fc6", x)) if dense
+         else x.reshape(x.shape[0], -1))
     act = activation(self.activation)
     for name in ("fc6", "fc7"):
       x = act(self._dense(4096, name)(x))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -102,14 +104,20 @@ class VGG(nn.Module):
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False,
+               dense: bool = False) -> jax.Array:
+    """Logits [N, classes]; with dense=True the class score map
+    [N, H', W', classes] of the FC layers applied as convolutions over the
+    whole (larger) image (Sec. 3.2, "dense" evaluation)."""
     if min(x.shape[-3:-1]) < 32:
       raise ValueError(f"VGG takes inputs of at least 32x32 (five 2x2 "
                        f"poolings), got {x.shape[-3:-1]}")
     x = VGGFeatures(self.config, self.batch_norm, self.activation, self.dtype,
                     self.axis_name, name="features")(x.astype(self.dtype),
                                                      train)
-    x = x.reshape(x.shape[0], -1)
+    first = "fc6" if self.head == "imagenet" else "fc1"
+    x = (fc_windows(x, fc_window(self, first, x)) if dense
+         else x.reshape(x.shape[0], -1))
     act = activation(self.activation)
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
     if self.head == "imagenet":
@@ -123,6 +131,44 @@ class VGG(nn.Module):
   def _dense(self, features: int, name: str) -> nn.Dense:
     return nn.Dense(features, kernel_init=nn.initializers.normal(0.01),
                     dtype=self.dtype, name=name)
+
+
+# --- fully connected layers as convolutions (dense evaluation) -------------
+# Sec. 3.2 of the paper: at test time "the first FC layer is converted to a
+# 7x7 conv. layer and the last two FC layers to 1x1 conv. layers", applied
+# to the whole image. Each position of the result is the FC head applied to
+# one window of the feature maps, flattened as in training (rows, columns,
+# maps), so the same Dense modules and parameters serve both.
+
+
+def fc_window(module: nn.Module, first_fc: str, maps: jax.Array) -> int:
+  """The side of the square window of feature maps that `first_fc` was
+  trained on (7 for 224x224 VGG inputs), read from its kernel; before the
+  parameters exist (init), the whole map."""
+  kernel = module.variables.get("params", {}).get(first_fc, {}).get("kernel")
+  if kernel is None:
+    if maps.shape[1] != maps.shape[2]:
+      raise ValueError("dense=True initialises on square inputs only")
+    return maps.shape[1]
+  side = math.isqrt(kernel.shape[0] // maps.shape[-1])
+  if side * side * maps.shape[-1] != kernel.shape[0]:
+    raise ValueError(f"{first_fc} takes {kernel.shape[0]} inputs, not a "
+                     f"square window of {maps.shape[-1]} maps")
+  return side
+
+
+def fc_windows(maps: jax.Array, side: int) -> jax.Array:
+  """[N, H, W, C] maps -> [N, H - side + 1, W - side + 1, side * side * C]:
+  every side x side window, flattened in the order of `reshape`."""
+  n, h, w, c = maps.shape
+  if h < side or w < side:
+    raise ValueError(f"dense evaluation needs feature maps of at least "
+                     f"{side}x{side} (the training input's), got {h}x{w}; "
+                     "use an image at least as large as the training crops")
+  rows, cols = h - side + 1, w - side + 1
+  windows = [maps[:, i:i + rows, j:j + cols] for i in range(side)
+             for j in range(side)]
+  return jnp.stack(windows, axis=3).reshape(n, rows, cols, side * side * c)
 
 
 _PAPER = ("Simonyan and Zisserman 2015, Very deep convolutional networks for "

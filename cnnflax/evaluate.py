@@ -408,11 +408,26 @@ def _gather(x: jax.Array) -> jax.Array:
   return lax.psum(rows, step_lib.AXIS).reshape(-1, *x.shape[1:])
 
 
+# Compiled programs by everything they depend on: ensemble members of one
+# architecture (and the scales of one member) compile each shape once.
+_PROGRAMS: dict[tuple, Callable] = {}
+
+
 def _program(run: train.Run, kind: str, flip: bool) -> Callable:
   """(variables, arrays, batch) -> {"logp": each example's log averaged
   probabilities, "label", "mask"}, all gathered over the devices in global
   batch order. kind: center (one view), crops ([b, 5, h, w, c] crops and
   their mirror images), dense (whole images, FC layers as convolutions)."""
+  key = (kind, flip, run.model, str(run.dtype),
+         json.dumps(run.config.dataset.to_dict(), sort_keys=True, default=str),
+         run.dataset.mean.tobytes(), run.dataset.std.tobytes(),
+         run.devices.parallelism, tuple(d.id for d in run.devices.devices))
+  if key not in _PROGRAMS:
+    _PROGRAMS[key] = _make_program(run, kind, flip)
+  return _PROGRAMS[key]
+
+
+def _make_program(run: train.Run, kind: str, flip: bool) -> Callable:
   model = run.model
   pre = data.device_preprocess(run.dataset, run.config.dataset, False,
                                run.dtype)
@@ -452,23 +467,24 @@ def _program(run: train.Run, kind: str, flip: bool) -> Callable:
 
 
 def _collect(run: train.Run, fn: Callable, variables, arrays,
-             batches: Iterator[tuple[dict, np.ndarray]], out: np.ndarray,
-             labels: np.ndarray) -> None:
-  """Runs `fn` on each (host batch, its global indices) and writes each
-  example's log probabilities into out[index]; one batch in flight."""
+             batches: Iterator[tuple[dict, np.ndarray, np.ndarray,
+                                     np.ndarray]]) -> None:
+  """Runs `fn` on each (host batch, its global indices, out, labels) and
+  writes each example's log probabilities into out[index] and its label
+  into labels[index]; one batch in flight."""
 
-  def store(result, indices):
+  def store(result, indices, out, labels):
     result = jax.device_get(run.devices.first(result))
     keep = result["mask"] > 0
     out[indices[keep]] = result["logp"][keep]
     labels[indices[keep]] = result["label"][keep]
 
   pending = None
-  for batch, indices in batches:
+  for batch, *targets in batches:
     result = fn(variables, arrays, run.devices.shard(batch))
     if pending is not None:
       store(*pending)
-    pending = (result, indices)
+    pending = (result, *targets)
   if pending is not None:
     store(*pending)
 
@@ -508,11 +524,10 @@ def center_scores(member: Member, variables, options: Options,
       data.device_arrays(run.dataset, run.config.dataset, False))
   out, labels = _empty(num, member.num_classes)
   batches = train.prefetch(run.eval_batches(num), run.config.dataset.prefetch)
-  pairs = ((b, _padded(k * size, size, num)[0]) for k, b in
-           enumerate(batches))
+  pairs = ((b, _padded(k * size, size, num)[0], out, labels)
+           for k, b in enumerate(batches))
   try:
-    _collect(run, _program(run, "center", False), variables, arrays, pairs,
-             out, labels)
+    _collect(run, _program(run, "center", False), variables, arrays, pairs)
   finally:
     batches.close()
   return out, labels
@@ -543,11 +558,11 @@ def ten_crop_scores(member: Member, variables, options: Options,
                    cfg.get("train_crop") == "square", padding)
   out, labels = _empty(num, member.num_classes)
   batches = _host_batches(make, len(make), _workers(member), cfg.prefetch)
-  pairs = ((b, _padded(k * size, size, num)[0]) for k, b in
-           enumerate(batches))
+  pairs = ((b, _padded(k * size, size, num)[0], out, labels)
+           for k, b in enumerate(batches))
   try:
     _collect(run, _program(run, "crops", options.flip), variables, None,
-             pairs, out, labels)
+             pairs)
   finally:
     batches.close()
   return out, labels
@@ -654,26 +669,28 @@ def dense_scores(member: Member, variables, options: Options,
     run.devices.check_batch("eval_batch_size (--batch_size)",
                             options.batch_size)
   sizes = image_sizes(member, num)
-  fn = _program(run, "dense", options.flip)
+  plan, targets = [], []  # every scale in one pipeline: workers start once
   results = {}
   for scale in dense_scales(member, options):
-    plan = dense_plan(sizes, scale, max(1, options.dense_round),
-                      options.batch_size,
-                      member.config.eval_batch_size * cfg.image_size ** 2,
-                      views, run.devices.count)
-    rows = [run.devices.process_slice(len(mask)) for _, _, mask in plan]
-    make = DenseBatch(_source(member), plan, rows,
-                      run.dataset.image_shape[-1])
+    batches = dense_plan(sizes, scale, max(1, options.dense_round),
+                         options.batch_size,
+                         member.config.eval_batch_size * cfg.image_size ** 2,
+                         views, run.devices.count)
     logging.info("dense: scale %d, %d shapes, %d batches", scale,
-                 len({shape for shape, _, _ in plan}), len(plan))
-    out, labels = _empty(num, member.num_classes)
-    batches = _host_batches(make, len(make), _workers(member), cfg.prefetch)
-    pairs = ((b, indices) for b, (_, indices, _) in zip(batches, plan))
-    try:
-      _collect(run, fn, variables, None, pairs, out, labels)
-    finally:
-      batches.close()
-    results[scale] = (out, labels)
+                 len({shape for shape, _, _ in batches}), len(batches))
+    results[scale] = _empty(num, member.num_classes)
+    plan += batches
+    targets += [results[scale]] * len(batches)
+  rows = [run.devices.process_slice(len(mask)) for _, _, mask in plan]
+  make = DenseBatch(_source(member), plan, rows, run.dataset.image_shape[-1])
+  batches = _host_batches(make, len(make), _workers(member), cfg.prefetch)
+  items = ((b, indices, *target)
+           for b, (_, indices, _), target in zip(batches, plan, targets))
+  try:
+    _collect(run, _program(run, "dense", options.flip), variables, None,
+             items)
+  finally:
+    batches.close()
   return results
 
 

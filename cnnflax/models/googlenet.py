@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from cnnflax.models import register_model
 from cnnflax.models.layers import (LRN, ConvBNAct, activation, caffe_pool,
-                                   check_rate)
+                                   check_choice, check_rate)
 
 # Table 1: #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj.
 INCEPTION = {
@@ -29,13 +29,16 @@ AUX_AFTER = ("4a", "4d")
 
 
 class Inception(nn.Module):
-  """Four branches concatenated: 1x1; 1x1 -> 3x3; 1x1 -> 5x5; 3x3/1 max-pool
-  -> 1x1 ("pool proj"). Every convolution is followed by the activation."""
+  """Four branches concatenated: 1x1; 1x1 -> 3x3; 1x1 -> 5x5 (a
+  `kernel_5x5` x `kernel_5x5` convolution); 3x3/1 max-pool -> 1x1 ("pool
+  proj"). Every convolution is followed by the activation."""
   widths: tuple[int, int, int, int, int, int]
   batch_norm: bool = False
   activation: str = "relu"
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  bn_epsilon: float = 1e-3
+  kernel_5x5: int = 5
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -44,11 +47,13 @@ class Inception(nn.Module):
     def conv(features, k, name):
       return ConvBNAct(features, (k, k), batch_norm=self.batch_norm,
                        act=self.activation, dtype=self.dtype,
-                       axis_name=self.axis_name, name=name)
+                       axis_name=self.axis_name, epsilon=self.bn_epsilon,
+                       name=name)
 
     b1 = conv(n1, 1, "1x1")(x, train)
     b3 = conv(n3, 3, "3x3")(conv(r3, 1, "3x3_reduce")(x, train), train)
-    b5 = conv(n5, 5, "5x5")(conv(r5, 1, "5x5_reduce")(x, train), train)
+    b5 = conv(n5, self.kernel_5x5, "5x5")(conv(r5, 1, "5x5_reduce")(x, train),
+                                          train)
     pooled = nn.max_pool(x, (3, 3), (1, 1), ((1, 1), (1, 1)))
     bp = conv(proj, 1, "pool_proj")(pooled, train)
     return jnp.concatenate([b1, b3, b5, bp], axis=-1)
@@ -63,6 +68,7 @@ class AuxClassifier(nn.Module):
   dropout_rate: float = 0.7
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  bn_epsilon: float = 1e-3
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -73,7 +79,8 @@ class AuxClassifier(nn.Module):
     x = nn.avg_pool(x, (5, 5), (3, 3))
     x = ConvBNAct(128, (1, 1), batch_norm=self.batch_norm,
                   act=self.activation, dtype=self.dtype,
-                  axis_name=self.axis_name, name="conv")(x, train)
+                  axis_name=self.axis_name, epsilon=self.bn_epsilon,
+                  name="conv")(x, train)
     x = x.reshape(x.shape[0], -1)
     x = activation(self.activation)(
         nn.Dense(1024, dtype=self.dtype, name="fc")(x))
@@ -96,9 +103,19 @@ class GoogLeNet(nn.Module):
   evaluation and the parameter count leave them out (each head adds about
   3.19M parameters).
 
-  torchvision's GoogLeNet uses 3x3 convolutions in the "5x5" branch; with
-  the paper's 5x5 the BN net has 380,928 parameters more than torchvision's
-  6,624,904.
+  With `batch_norm`, BatchNorm's epsilon is `bn_epsilon`, 1e-3 as in
+  Google's released GoogLeNet with BatchNorm (TF-slim's inception_v1,
+  through inception_arg_scope) and torchvision's port of it.
+
+  That released graph, and torchvision's GoogLeNet, differ from Table 1 in
+  two places, kept here as fields for importing their weights only (the
+  defaults are the paper's): `kernel_5x5=3`, a 3x3 convolution in the
+  "5x5" branch (TF-slim's Conv2d_0b_3x3; with the paper's 5x5 the BN net
+  has 380,928 parameters more than torchvision's 6,624,904), and
+  `pool4_window=2`, a 2x2/2 max-pool after 4e (MaxPool_5a_2x2) in place of
+  Table 1's 3x3/2 (both give 7x7 at 224x224). torchvision's auxiliary heads
+  pool adaptively to 4x4 rather than 5x5/3: the same 4x4 at 224x224 but
+  over other windows (training only).
   """
   num_classes: int = 1000
   lrn: bool = True
@@ -107,12 +124,21 @@ class GoogLeNet(nn.Module):
   dropout_rate: float = 0.4
   aux_logits: bool = True
   aux_dropout_rate: float = 0.7
+  bn_epsilon: float = 1e-3
+  kernel_5x5: int = 5
+  pool4_window: int = 3
   dtype: Any = jnp.float32
   axis_name: str | None = None
 
   def __post_init__(self):
     check_rate("dropout_rate", self.dropout_rate)
     check_rate("aux_dropout_rate", self.aux_dropout_rate)
+    check_choice("kernel_5x5", self.kernel_5x5, (5, 3))
+    check_choice("pool4_window", self.pool4_window, (3, 2))
+    if isinstance(self.bn_epsilon, bool) or not isinstance(
+        self.bn_epsilon, (int, float)) or self.bn_epsilon <= 0:
+      raise ValueError(f"bn_epsilon={self.bn_epsilon!r} is not valid; choose "
+                       "a number > 0 (TF-slim's 1e-3, torch's 1e-5)")
     activation(self.activation)
     super().__post_init__()
 
@@ -129,14 +155,16 @@ class GoogLeNet(nn.Module):
     aux = []
     for name, widths in INCEPTION.items():
       x = Inception(widths, self.batch_norm, self.activation, self.dtype,
-                    self.axis_name, name=f"inception_{name}")(x, train)
+                    self.axis_name, self.bn_epsilon, self.kernel_5x5,
+                    name=f"inception_{name}")(x, train)
       if name in AUX_AFTER and train and self.aux_logits:
         aux.append(AuxClassifier(
             self.num_classes, self.batch_norm, self.activation,
             self.aux_dropout_rate, self.dtype, self.axis_name,
-            name=f"aux_{name}")(x, train))
+            self.bn_epsilon, name=f"aux_{name}")(x, train))
       if name in POOL_AFTER:
-        x = caffe_pool(x, "max", 3, 2)
+        window = self.pool4_window if name == POOL_AFTER[-1] else 3
+        x = caffe_pool(x, "max", window, 2)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(x)
@@ -148,7 +176,8 @@ class GoogLeNet(nn.Module):
     return ConvBNAct(features, (k, k), (strides, strides),
                      ((pad, pad), (pad, pad)), self.batch_norm,
                      self.activation, dtype=self.dtype,
-                     axis_name=self.axis_name, name=name)
+                     axis_name=self.axis_name, epsilon=self.bn_epsilon,
+                     name=name)
 
   def _lrn(self, name: str):
     if not self.lrn:

@@ -8,6 +8,12 @@ Every Inception module here is a table: a tuple of branches, each a
 sequence of layers (`conv`, `pool`, `fork`), whose outputs `Mixed`
 concatenates. Inception v4 and Inception-ResNet (inception_v4.py) are built
 from the same pieces.
+
+BatchNorm's epsilon is 1e-3 throughout the family (`bn_epsilon`): the papers
+do not state it, and the authors' released TF-slim code sets
+`batch_norm_epsilon=0.001` for every Inception net (nets/inception_utils.py
+`inception_arg_scope`, used by inception_v1/v2/v3/v4; and
+`inception_resnet_v2_arg_scope`). torch/Caffe nets keep 1e-5 (layers.py).
 """
 from __future__ import annotations
 
@@ -22,6 +28,8 @@ from cnnflax.models.layers import (ConvBNAct, SplitConv, activation,
                                    check_at_least, check_rate)
 
 VALID = "VALID"
+# TF-slim's batch_norm_epsilon for every Inception net (see above).
+SLIM_EPSILON = 1e-3
 
 
 def conv(features: int, kernel: int | tuple[int, int] = 1, stride: int = 1,
@@ -49,12 +57,15 @@ MAX_2 = pool("max", 3, 2, VALID)  # the pooling half of a grid reduction
 class Mixed(nn.Module):
   """An Inception module: every branch is a sequence of layers, and their
   outputs are concatenated along the channels. One branch is a plain stack
-  (the stems)."""
+  (the stems). Average pools leave the padding out of the average (TF's SAME
+  pooling, which the authors used) unless `count_include_pad`."""
   branches: tuple
   batch_norm: bool = True
   activation: str = "relu"
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  bn_epsilon: float = SLIM_EPSILON
+  count_include_pad: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -78,19 +89,26 @@ class Mixed(nn.Module):
       _, features, kernel, stride, padding = layer
       return ConvBNAct(features, kernel, (stride, stride), padding,
                        self.batch_norm, self.activation, dtype=self.dtype,
-                       axis_name=self.axis_name, name=name)(x, train)
+                       axis_name=self.axis_name, epsilon=self.bn_epsilon,
+                       name=name)(x, train)
     _, window, stride, padding = layer
     if kind == "max":
       return nn.max_pool(x, (window, window), (stride, stride), padding)
-    # TF's average pooling, which the authors used: padding is not counted.
     return nn.avg_pool(x, (window, window), (stride, stride), padding,
-                       count_include_pad=False)
+                       count_include_pad=self.count_include_pad)
 
 
 def check_input_size(x: jax.Array, minimum: int, model: str) -> None:
   if min(x.shape[-3:-1]) < minimum:
     raise ValueError(f"{model} takes inputs of at least {minimum}x{minimum}, "
                      f"got {x.shape[-3:-1]}; set config.dataset.image_size")
+
+
+def check_epsilon(value: float) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+      value <= 0):
+    raise ValueError(f"bn_epsilon={value!r} is not valid; choose a number "
+                     "> 0 (TF-slim's 1e-3, torch's 1e-5)")
 
 
 def classifier(x: jax.Array, num_classes: int, dropout_rate: float,
@@ -145,18 +163,23 @@ class BNInception(nn.Module):
   7x7 convolution, as the released Caffe model has it. `batch_norm=False`
   is the paper's non-BN baseline layout. The paper removed dropout
   (Section 4.2.1), hence `dropout_rate=0`; it shows no auxiliary heads.
+  `bn_epsilon`: 1e-3, as the authors' released TF-slim code (inception_v2,
+  through inception_arg_scope) has it; the third-party Caffe model uses
+  1e-5.
   """
   num_classes: int = 1000
   conv1_depth_multiplier: int = 8
   batch_norm: bool = True
   activation: str = "relu"
   dropout_rate: float = 0.0
+  bn_epsilon: float = SLIM_EPSILON
   dtype: Any = jnp.float32
   axis_name: str | None = None
 
   def __post_init__(self):
     check_at_least("conv1_depth_multiplier", self.conv1_depth_multiplier, 0)
     check_rate("dropout_rate", self.dropout_rate)
+    check_epsilon(self.bn_epsilon)
     activation(self.activation)
     super().__post_init__()
 
@@ -174,7 +197,8 @@ class BNInception(nn.Module):
 
   def _conv1(self, x: jax.Array, train: bool) -> jax.Array:
     common = dict(batch_norm=self.batch_norm, act=self.activation,
-                  dtype=self.dtype, axis_name=self.axis_name)
+                  dtype=self.dtype, axis_name=self.axis_name,
+                  epsilon=self.bn_epsilon)
     mult = self.conv1_depth_multiplier
     if not mult:
       return ConvBNAct(64, (7, 7), (2, 2), "SAME", name="conv1", **common)(
@@ -188,7 +212,7 @@ class BNInception(nn.Module):
 
   def _mixed(self, branches: tuple, name: str) -> Mixed:
     return Mixed(branches, self.batch_norm, self.activation, self.dtype,
-                 self.axis_name, name=name)
+                 self.axis_name, self.bn_epsilon, name=name)
 
 
 # --- Inception v3 ------------------------------------------------------------
@@ -249,13 +273,15 @@ class AuxHead(nn.Module):
   activation: str = "relu"
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  bn_epsilon: float = SLIM_EPSILON
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     window = tuple(min(5, n) for n in x.shape[1:3])
     x = nn.avg_pool(x, window, (3, 3))
     common = dict(batch_norm=self.batch_norm, act=self.activation,
-                  dtype=self.dtype, axis_name=self.axis_name)
+                  dtype=self.dtype, axis_name=self.axis_name,
+                  epsilon=self.bn_epsilon)
     x = ConvBNAct(128, (1, 1), name="conv0", **common)(x, train)
     kernel = tuple(min(5, n) for n in x.shape[1:3])
     x = ConvBNAct(768, kernel, padding=VALID, name="conv1", **common)(
@@ -276,6 +302,13 @@ class InceptionV3(nn.Module):
   BN auxiliary head on mixed_6e; the head exists only then, so evaluation
   and the parameter count leave it out (3,326,696 parameters at 1000
   classes). Inputs of 75x75 and up work.
+
+  `bn_epsilon`: 1e-3, TF-slim's (torchvision's port keeps it too).
+  `avg_pool_count_pad`: the 3x3/1 average pools in front of the pool
+  projections leave the padding out of the average, as TF's SAME pooling
+  in the released graph does; torchvision's port counts the zeros
+  (count_include_pad=True), so True is only for its weights (see
+  cnnflax/convert.py).
   """
   num_classes: int = 1000
   aux_logits: bool = True
@@ -283,11 +316,14 @@ class InceptionV3(nn.Module):
   batch_norm: bool = True
   activation: str = "relu"
   dropout_rate: float = 0.2  # TF-slim's keep probability 0.8
+  bn_epsilon: float = SLIM_EPSILON
+  avg_pool_count_pad: bool = False
   dtype: Any = jnp.float32
   axis_name: str | None = None
 
   def __post_init__(self):
     check_rate("dropout_rate", self.dropout_rate)
+    check_epsilon(self.bn_epsilon)
     activation(self.activation)
     super().__post_init__()
 
@@ -296,10 +332,12 @@ class InceptionV3(nn.Module):
     check_input_size(x, 75, "Inception v3")
     x = x.astype(self.dtype)
     common = dict(batch_norm=self.batch_norm, activation=self.activation,
-                  dtype=self.dtype, axis_name=self.axis_name)
+                  dtype=self.dtype, axis_name=self.axis_name,
+                  bn_epsilon=self.bn_epsilon)
     aux = ()
     for name, branches in v3_layout(self.module_a_5x5):
-      x = Mixed(branches, name=name, **common)(x, train)
+      x = Mixed(branches, count_include_pad=self.avg_pool_count_pad,
+                name=name, **common)(x, train)
       if name == "mixed_6e" and train and self.aux_logits:
         aux = (AuxHead(self.num_classes, name="aux", **common)(x, train),)
     logits = classifier(x, self.num_classes, self.dropout_rate, train,

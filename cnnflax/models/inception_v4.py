@@ -7,7 +7,12 @@ Inception-C x n -> average pool -> dropout -> linear. Inception-v4 stacks
 plain Inception modules; Inception-ResNet wraps each module's branches in a
 residual unit (layers.residual_merge, which resnet.ResidualUnit ends with
 too): a linear 1x1 convolution back to the input width, the scaled sum with
-the shortcut, then ReLU. BatchNorm follows the convolutions, not the sums.
+the shortcut, then ReLU. BatchNorm follows the convolutions, not the sums,
+with TF-slim's epsilon 1e-3 (see inception.py).
+
+Where the paper's figures and the authors' released TF-slim graph
+(research/slim/nets/inception_v4.py, whose checkpoint timm's weights come
+from) disagree, the released graph is the default; see `asymmetric`.
 """
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from cnnflax.models import register_model
-from cnnflax.models.inception import (AVG, MAX_2, V3_STEM, VALID, Mixed,
+from cnnflax.models.inception import (AVG, MAX_2, SLIM_EPSILON, V3_STEM,
+                                      VALID, Mixed, check_epsilon,
                                       check_input_size, classifier, conv,
                                       fork)
 from cnnflax.models.layers import (ConvBNAct, activation, check_choice,
@@ -26,12 +32,13 @@ from cnnflax.models.layers import (ConvBNAct, activation, check_choice,
 
 # --- stems -------------------------------------------------------------------
 
-# Fig. 3 (Inception-v4): 299x299x3 -> 35x35x384.
+# Fig. 3 (Inception-v4): 299x299x3 -> 35x35x384. Kernels are (rows, columns),
+# as TF-slim's [1, 7] and torch's (1, 7): 1x7 is one row of seven taps.
 STEM_V4 = (
     ("stem", ((conv(32, 3, 2, VALID), conv(32, 3, 1, VALID), conv(64, 3)),)),
     ("mixed_3a", ((MAX_2,), (conv(96, 3, 2, VALID),))),
     ("mixed_4a", ((conv(64), conv(96, 3, 1, VALID)),
-                  (conv(64), conv(64, (7, 1)), conv(64, (1, 7)),
+                  (conv(64), conv(64, (1, 7)), conv(64, (7, 1)),
                    conv(96, 3, 1, VALID)))),
     ("mixed_5a", ((conv(192, 3, 2, VALID),), (MAX_2,))),
 )
@@ -51,17 +58,39 @@ STEM_RESNET_V2 = (
 
 # --- blocks ------------------------------------------------------------------
 
-# Figs. 4-6: Inception-v4's A (35x35), B (17x17), C (8x8).
+# Figs. 4-6: Inception-v4's A (35x35), B (17x17), C (8x8), with the released
+# graph's orientations (block_inception_b/c in TF-slim).
 V4_BLOCKS = (
     ((conv(96),), (conv(64), conv(96, 3)),
      (conv(64), conv(96, 3), conv(96, 3)), (AVG, conv(96))),
     ((conv(384),), (conv(192), conv(224, (1, 7)), conv(256, (7, 1))),
-     (conv(192), conv(192, (1, 7)), conv(224, (7, 1)), conv(224, (1, 7)),
-      conv(256, (7, 1))), (AVG, conv(128))),
+     (conv(192), conv(192, (7, 1)), conv(224, (1, 7)), conv(224, (7, 1)),
+      conv(256, (1, 7))), (AVG, conv(128))),
     ((conv(256),), (conv(384), fork(conv(256, (1, 3)), conv(256, (3, 1)))),
-     (conv(384), conv(448, (1, 3)), conv(512, (3, 1)),
-      fork(conv(256, (3, 1)), conv(256, (1, 3)))), (AVG, conv(256))),
+     (conv(384), conv(448, (3, 1)), conv(512, (1, 3)),
+      fork(conv(256, (1, 3)), conv(256, (3, 1)))), (AVG, conv(256))),
 )
+# The asymmetric convolutions whose orientation the figures and the
+# released graph swap: (module, branch) -> every layer of that branch.
+# Mixed_4a's 1x7/7x1 pair (2), Inception-B's second factorised branch
+# (4 x 7 blocks) and Inception-C's (4 x 3): 42 convolutions in all.
+FIGURE_TRANSPOSED = {"mixed_4a": 1, "b": 2, "c": 2}
+
+
+def transposed(layer: tuple) -> tuple:
+  """A layer with every asymmetric kernel (kh, kw) turned into (kw, kh)."""
+  if layer[0] == "fork":
+    return ("fork", tuple(transposed(part) for part in layer[1]))
+  if layer[0] == "conv":
+    kind, features, (kh, kw), stride, padding = layer
+    return (kind, features, (kw, kh), stride, padding)
+  return layer
+
+
+def figure_orientation(branches: tuple, branch: int) -> tuple:
+  """`branches` with branch `branch`'s asymmetric kernels transposed."""
+  return tuple(tuple(transposed(layer) for layer in b) if i == branch else b
+               for i, b in enumerate(branches))
 # Figs. 10, 11, 13: Inception-ResNet-v1's residual branches (before the
 # linear 1x1).
 RESNET_V1_BLOCKS = (
@@ -140,11 +169,12 @@ class ResidualInception(nn.Module):
   activation: str = "relu"
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  bn_epsilon: float = SLIM_EPSILON
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, survival=None) -> jax.Array:
     y = Mixed(self.branches, self.batch_norm, self.activation, self.dtype,
-              self.axis_name, name="mixed")(x, train)
+              self.axis_name, self.bn_epsilon, name="mixed")(x, train)
     y = nn.Conv(x.shape[-1], (1, 1), dtype=self.dtype, name="up")(y)
     after = activation(self.activation) if self.activate else None
     return residual_merge(self, y, x, train, scale=self.scale,
@@ -168,6 +198,18 @@ class InceptionV4(nn.Module):
   survival_prob_last  stochastic depth on the residual branches (linear
             decay to this, per example); 1 is off.
   dropout_rate  before the classifier (Fig. 9: keep 0.8).
+  bn_epsilon  1e-3, the released code's (inception_arg_scope and
+            inception_resnet_v2_arg_scope); the paper does not give it.
+  asymmetric  v4 only. "released": the 1x7/7x1 and 1x3/3x1 convolutions
+            as the authors' released TF-slim graph orients them (and timm,
+            whose weights are converted from its checkpoint): Mixed_4a
+            1x7 then 7x1; Inception-B's second branch 7x1, 1x7, 7x1, 1x7;
+            Inception-C's 3x1, 1x3, then 1x3 beside 3x1. "figures": each of
+            those 42 convolutions transposed, as the paper's figures label
+            them (Fig. 3: 7x1 then 1x7; Fig. 5: 1x7, 7x1, 1x7, 7x1; Fig. 6:
+            1x3, 3x1, then the pair), reading NxM as rows x columns like
+            TF-slim's [N, M]. Same parameter count; the figures' orientation
+            has no released weights.
 
   Inputs of 75x75 and up work (299x299 in the paper).
   """
@@ -179,12 +221,19 @@ class InceptionV4(nn.Module):
   batch_norm: bool = True
   activation: str = "relu"
   dropout_rate: float = 0.2
+  bn_epsilon: float = SLIM_EPSILON
+  asymmetric: str = "released"
   dtype: Any = jnp.float32
   axis_name: str | None = None
 
   def __post_init__(self):
     check_choice("version", self.version, tuple(LAYOUTS))
+    check_choice("asymmetric", self.asymmetric, ("released", "figures"))
+    if self.asymmetric != "released" and self.version != "v4":
+      raise ValueError(f"asymmetric={self.asymmetric!r} needs version='v4' "
+                       "(Inception-ResNet's figures and code agree)")
     check_rate("dropout_rate", self.dropout_rate)
+    check_epsilon(self.bn_epsilon)
     activation(self.activation)
     self._check_blocks()
     self._check_residual_fields()
@@ -244,13 +293,16 @@ class InceptionV4(nn.Module):
     check_input_size(x, 75, f"Inception {self.version}")
     x = x.astype(self.dtype)
     common = dict(batch_norm=self.batch_norm, activation=self.activation,
-                  dtype=self.dtype, axis_name=self.axis_name)
+                  dtype=self.dtype, axis_name=self.axis_name,
+                  bn_epsilon=self.bn_epsilon)
     layout = self.layout
     for name, branches in layout.stem:
-      x = Mixed(branches, name=name, **common)(x, train)
+      x = Mixed(self._oriented(branches, name), name=name, **common)(x, train)
     reductions = (reduction_a(*layout.reduction_a), layout.reduction_b)
     survival = iter(self.survival_probs())
-    for stage, (branches, n) in enumerate(zip(layout.blocks, self.repeats)):
+    for stage, branches in enumerate(layout.blocks):
+      branches = self._oriented(branches, STAGES[stage])
+      n = self.repeats[stage]
       for i in range(n):
         name = f"inception_{STAGES[stage]}{i + 1}"
         if not layout.residual:
@@ -268,9 +320,16 @@ class InceptionV4(nn.Module):
     if layout.head_width:
       x = ConvBNAct(layout.head_width, (1, 1), batch_norm=self.batch_norm,
                     act=self.activation, dtype=self.dtype,
-                    axis_name=self.axis_name, name="head_conv")(x, train)
+                    axis_name=self.axis_name, epsilon=self.bn_epsilon,
+                    name="head_conv")(x, train)
     return classifier(x, self.num_classes, self.dropout_rate, train,
                       self.dtype)
+
+  def _oriented(self, branches: tuple, where: str) -> tuple:
+    """`branches` of module or stage `where` in the chosen orientation."""
+    if self.asymmetric == "figures" and where in FIGURE_TRANSPOSED:
+      return figure_orientation(branches, FIGURE_TRANSPOSED[where])
+    return branches
 
 
 _PAPER = ("Szegedy et al. 2017, Inception-v4, Inception-ResNet and the Impact "

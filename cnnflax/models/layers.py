@@ -55,7 +55,8 @@ def lecun98_uniform(key, shape, dtype=jnp.float32):
 
 
 class ConvBNAct(nn.Module):
-  """Convolution, optional BatchNorm, activation: the stem of most families."""
+  """Convolution, optional BatchNorm, activation: the stem of most families.
+  `epsilon`: BatchNorm's (torch/Caffe 1e-5; Google's TF-slim nets 1e-3)."""
   features: int
   kernel_size: tuple[int, int] = (3, 3)
   strides: tuple[int, int] = (1, 1)
@@ -66,6 +67,7 @@ class ConvBNAct(nn.Module):
   dtype: Dtype = jnp.float32
   axis_name: str | None = None
   kernel_init: Callable = nn.initializers.he_normal()
+  epsilon: float = 1e-5
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -73,20 +75,22 @@ class ConvBNAct(nn.Module):
                 feature_group_count=self.groups, use_bias=not self.batch_norm,
                 kernel_init=self.kernel_init, dtype=self.dtype)(x)
     if self.batch_norm:
-      return bn_act(train, self.dtype, self.axis_name, self.act)(x)
+      return bn_act(train, self.dtype, self.axis_name, self.act,
+                    epsilon=self.epsilon)(x)
     return activation(self.act)(x)
 
 
 def batch_norm(train: bool, dtype: Dtype, axis_name: str | None,
-               **kwargs: Any) -> BatchNorm:
-  """BatchNorm with the torch/Caffe momentum (0.9) and epsilon (1e-5).
+               epsilon: float = 1e-5, **kwargs: Any) -> BatchNorm:
+  """BatchNorm with the torch/Caffe momentum (0.9) and, by default, their
+  epsilon (1e-5); the Inception family passes TF-slim's 1e-3.
 
   `axis_name` set: statistics are computed over the global batch (synchronised
   across replicas); None: over each device's part of it. `relu=True` fuses a
   ReLU after it (see norm.py).
   """
   return BatchNorm(use_running_average=not train, momentum=0.9,
-                   epsilon=1e-5, dtype=dtype, axis_name=axis_name, **kwargs)
+                   epsilon=epsilon, dtype=dtype, axis_name=axis_name, **kwargs)
 
 
 def bn_act(train: bool, dtype: Dtype, axis_name: str | None, act: str,

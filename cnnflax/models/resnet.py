@@ -5,7 +5,11 @@
 * ResNet v2 (He et al. 2016, "Identity Mappings"): the five activation
   placements of Fig. 4 (`unit`) and the shortcut variants of Fig. 2 /
   Table 1 (`shortcut_variant`).
-* ResNeXt (Xie et al. 2017): `cardinality` and `base_width`.
+* ResNeXt (Xie et al. 2017): `cardinality` and `base_width`; the
+  registered ResNeXts downsample in the grouped 3x3 (`stride_in="3x3"`), as
+  the authors' released code does (facebookresearch/ResNeXt,
+  models/resnext.lua, resnext_bottleneck_C: the 1x1 has stride 1, the 3x3
+  `stride`), and torchvision's resnext50_32x4d too.
 * Stochastic depth (Huang et al. 2016): `survival_prob_last`.
 * Lesion studies (Veit et al. 2016): `drop_blocks`, `block_order`.
 
@@ -230,6 +234,9 @@ class ResNet(nn.Module):
   gate_bias_init: float = -6.0
   shortcut_dropout: float = 0.5
   plain: bool = False
+  # Bottlenecks: which conv downsamples. "1x1" is the ResNet paper's (and
+  # the ResNet default); "3x3" is torchvision's "ResNet v1.5" and the
+  # ResNeXt authors' code (the registered ResNeXts set it).
   stride_in: str = "1x1"
   zero_init_residual: bool = False
   cardinality: int = 1
@@ -532,10 +539,10 @@ def _register():
       ("resnext29_16x64d", 16, 68.1e6, 68_155_210, 3.58)):
     register_model(name, ResNet, fields=dict(
         depth=29, stem="cifar", block="bottleneck", widths=(64, 128, 256),
-        cardinality=card, base_width=64), paper=paper_x, params=exact,
-                   params_paper=params, error=err, **cifar)
+        cardinality=card, base_width=64, stride_in="3x3"), paper=paper_x,
+                   params=exact, params_paper=params, error=err, **cifar)
   register_model("resnext50_32x4d", ResNet, fields=dict(
-      depth=50, cardinality=32, base_width=4), paper=paper_x,
+      depth=50, cardinality=32, base_width=4, stride_in="3x3"), paper=paper_x,
                  params=25_028_904, params_paper=25.0e6, error=22.2,
                  **imagenet)
   register_model("stochastic_depth_resnet110_cifar", ResNet, fields=dict(

@@ -3,6 +3,7 @@ ensembles, on workdirs that training or a converter writes."""
 import dataclasses
 import io
 import json
+import pickle
 import subprocess
 import sys
 
@@ -145,7 +146,9 @@ def test_ensemble_of_one_checkpoint_is_that_checkpoint(trained, tmp_path):
 def test_ten_crops_of_a_constant_image_are_its_centre_crop(data_dir, tmp_path):
   workdir = init_workdir(streamed(data_dir, "flat"), tmp_path / "w")
   center, labels, _ = scores(workdir)
-  crops, crop_labels, record = scores(workdir, Options(protocol="10crop"))
+  # (through a grain worker process)
+  crops, crop_labels, record = scores(workdir, Options(protocol="10crop",
+                                                       workers=1))
   assert record["resize"] == pytest.approx(32 / 0.875)
   np.testing.assert_array_equal(labels, crop_labels)
   assert labels.tolist() == [(i * 3) % CLASSES for i in range(100, 107)]
@@ -188,25 +191,37 @@ def test_dense_at_the_training_scale_is_the_centre_crop(vgg):
 
 
 def test_dense_averages_mirror_images_and_scales(data_dir, tmp_path):
-  """Streamed landscape and portrait images, through a grain worker."""
+  """Streamed landscape and portrait images (on two devices: batches of
+  whole images are small)."""
   config = streamed(data_dir, "textured", **{
-      "model.name": "vgg11", "model.head": "cifar", "dataset.workers": 1,
+      "model.name": "vgg11", "model.head": "cifar",
       "dataset.train_crop": "scale", "dataset.scale_range": (32, 48)})
   workdir = init_workdir(config, tmp_path / "w")
   options = Options(protocol="dense", scales=(32, 40), dense_round=8)
-  member = evaluate.Member(workdir, options)
+  member = evaluate.Member(workdir, options, jax.devices()[:2])
   logp, labels, record = evaluate.member_scores(member, options, 7)
   assert record["scales"] == [32, 40] and member.split == "validation"
-  # Each scale alone (and decoded in this process: the same pixels).
-  alone = evaluate.Member(workdir, dataclasses.replace(options, workers=0))
-  single = evaluate.dense_scores(alone, alone.run.devices.replicate(
-      alone.variables()), options, 7)
+  variables = member.run.devices.replicate(member.variables())
+  single = evaluate.dense_scores(member, variables, options, 7)
   for q in (32, 40):
     assert record["per_scale"][str(q)] == evaluate.metrics(*single[q])
   want = np.log((np.exp(single[32][0]) + np.exp(single[40][0])) / 2)
   np.testing.assert_allclose(logp, want, rtol=1e-5, atol=1e-5)
+  unflipped = evaluate.dense_scores(
+      member, variables, dataclasses.replace(options, flip=False), 7)
+  assert not np.allclose(unflipped[32][0], single[32][0], atol=1e-3)
   # Default scales: the paper's rule for S jittered in [32, 48].
   assert evaluate.dense_scales(member, Options()) == (32, 40, 48)
+  # What grain's worker processes receive: pickled, it gives the same batch.
+  sizes = evaluate.image_sizes(member, 7)
+  assert sorted(map(tuple, sizes)) == [(48, 64)] * 4 + [(64, 48)] * 3
+  plan = evaluate.dense_plan(sizes, 40, 8, 0, 10 ** 6, 2, 2)
+  make = evaluate.DenseBatch(member.run.dataset.test, plan,
+                             [slice(None)] * len(plan), 3)
+  assert {shape for shape, _, _ in plan} == {(56, 40), (40, 56)}
+  for got, want in zip(pickle.loads(pickle.dumps(make))(1).values(),
+                       make(1).values()):
+    np.testing.assert_array_equal(got, want)
 
 
 def test_dense_plan_scores_every_example_once():

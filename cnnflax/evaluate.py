@@ -2,9 +2,9 @@
 crop, 10-crop, VGG's dense multi-scale evaluation, and ensembles.
 
   python -m cnnflax.evaluate --workdir=DIR                      # centre crop
-  python -m cnnflax.evaluate --workdir=DIR --protocol=10crop    # AlexNet, ResNet
+  python -m cnnflax.evaluate --workdir=DIR --protocol=10crop   # AlexNet, ResNet
   python -m cnnflax.evaluate --workdir=DIR --protocol=dense --scales=256,384,512
-  python -m cnnflax.evaluate --workdir=DIR --ensemble=DIR2,DIR3 --protocol=10crop
+  python -m cnnflax.evaluate --workdir=DIR --ensemble=DIR2,DIR3 --protocol=dense
 
 A workdir is what main.py (or a weight converter) writes: `config.json` and
 `checkpoints/<step>`; nothing else is read. Every example of the split is
@@ -498,7 +498,7 @@ def _host_batches(make, count: int, workers: int,
   return train.prefetch(items, prefetch)
 
 
-# --- the protocols -------------------------------------------------------------
+# --- the protocols ----------------------------------------------------------
 
 
 def _per_batch(size: int, multiple: int) -> int:
@@ -516,8 +516,6 @@ def center_scores(member: Member, variables, options: Options,
   preprocessing), kept per example."""
   run = member.run
   if options.batch_size:
-    run.devices.check_batch("eval_batch_size (--batch_size)",
-                            options.batch_size)
     run.eval_batch_size = options.batch_size
   size = run.eval_batch_size
   arrays = run.devices.replicate(
@@ -549,7 +547,6 @@ def ten_crop_scores(member: Member, variables, options: Options,
   devices = run.devices.count
   size = options.batch_size or _per_batch(
       member.config.eval_batch_size // views, devices)
-  run.devices.check_batch("eval_batch_size (--batch_size)", size)
   padding = cfg.crop_padding if cfg.augment == "cifar" else 0
   make = CropBatch(_source(member), num, size,
                    run.devices.process_slice(size), cfg.image_size,
@@ -626,16 +623,23 @@ def check_dense(member: Member) -> None:
         "the VGG and AlexNet families do); use --protocol=center or 10crop")
 
 
+_SIZES: dict[tuple[str, int], np.ndarray] = {}  # ensembles read them once
+
+
 def image_sizes(member: Member, num: int) -> np.ndarray:
   """[num, 2] (width, height) of each example as stored."""
   test = member.run.dataset.test
   if isinstance(test, Arrays):
     h, w = test.images.shape[1:3]
     return np.tile(np.array([w, h], np.int32), (num, 1))
-  make = ImageSizes(test, num, 256, member.run.dataset.image_shape[-1])
-  sizes = stream.batches(make, 0, len(make), member.run.workers)
-  return np.concatenate([b["size"] for b in sizes]) if num else np.zeros(
-      (0, 2), np.int32)
+  key = (test.where, num)
+  if key not in _SIZES:
+    make = ImageSizes(test, num, 256, member.run.dataset.image_shape[-1])
+    sizes = [b["size"] for b in stream.batches(make, 0, len(make),
+                                               member.run.workers)]
+    _SIZES[key] = np.concatenate(sizes) if sizes else np.zeros((0, 2),
+                                                               np.int32)
+  return _SIZES[key]
 
 
 def dense_plan(sizes: np.ndarray, scale: int, step: int, batch_size: int,
@@ -665,9 +669,6 @@ def dense_scores(member: Member, variables, options: Options,
   positions and the mirror image."""
   run, cfg = member.run, member.config.dataset
   views = 2 if options.flip else 1
-  if options.batch_size:
-    run.devices.check_batch("eval_batch_size (--batch_size)",
-                            options.batch_size)
   sizes = image_sizes(member, num)
   plan, targets = [], []  # every scale in one pipeline: workers start once
   results = {}
@@ -698,7 +699,7 @@ def _empty(num: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
   return np.zeros((num, classes), np.float32), np.full(num, -1, np.int64)
 
 
-# --- scores into numbers ---------------------------------------------------------
+# --- scores into numbers ----------------------------------------------------
 
 
 def metrics(logp: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -778,8 +779,8 @@ def check_options(options: Options) -> None:
   if options.limit < 0 or options.batch_size < 0:
     raise ConfigError("--limit and --batch_size must be 0 or more")
   if options.scales and options.protocol != "dense":
-    raise ConfigError(f"--scales are dense evaluation's; add "
-                      f"--protocol=dense or leave them out")
+    raise ConfigError("--scales are dense evaluation's; add "
+                      "--protocol=dense or leave them out")
   if options.resize and options.protocol != "10crop":
     raise ConfigError("--resize is 10crop's short side; add "
                       "--protocol=10crop or leave it out")
@@ -804,6 +805,10 @@ def evaluate(workdirs: Sequence[str], options: Options = Options(),
   if options.protocol == "10crop":
     for member in members:
       ten_crop_resize(member, options)
+  count = members[0].run.devices.count
+  if options.batch_size % count:
+    raise ConfigError(f"--batch_size={options.batch_size} is not divisible "
+                      f"by the {count} devices; use a multiple of {count}")
   num = members[0].run.dataset.num_test
   num = min(num, options.limit) if options.limit else num
   check_members(members, num)
@@ -851,31 +856,36 @@ def write_result(result: dict, out: str) -> None:
 # --- command line ------------------------------------------------------------
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The run to evaluate (config.json and "
-                    "checkpoints/); written by main.py or a converter.")
-flags.DEFINE_string("protocol", "center", "center | 10crop | dense.")
-flags.DEFINE_list("scales", [], "dense: short sides Q, e.g. 256,384,512; "
-                  "default: the paper's rule for the training scale.")
-flags.DEFINE_float("resize", 0., "10crop: the short side S the crops are cut "
-                   "from; 0: the training scale (image_size / 0.875 unless "
-                   "VGG or AlexNet crops).")
-flags.DEFINE_bool("flip", True, "10crop and dense: average the mirror "
-                  "images' probabilities in.")
-flags.DEFINE_list("ensemble", [], "More workdirs whose probabilities are "
-                  "averaged with --workdir's.")
-flags.DEFINE_string("split", "", "The split to score; default: the one "
-                    "training evaluated on (validation, else test).")
-flags.DEFINE_integer("step", -1, "The checkpoint step; -1: the newest.")
-flags.DEFINE_string("data_dir", "", "Overrides config.dataset.data_dir.")
-flags.DEFINE_integer("batch_size", 0, "Examples per global batch; 0: as "
-                     "many pixels as config.eval_batch_size centre crops.")
-flags.DEFINE_integer("workers", -1, "Grain worker processes; -1: "
-                     "config.dataset.workers.")
-flags.DEFINE_integer("limit", 0, "> 0: score only the first LIMIT examples.")
-flags.DEFINE_integer("dense_round", 32, "dense: round the long side to a "
-                     "multiple of this many pixels (1: exact aspect).")
-flags.DEFINE_string("out", "", "The JSON file; default: "
-                    "WORKDIR/eval_<protocol>[_<split>][_ensemble].json.")
+
+
+def define_flags() -> None:
+  """The CLI's flags, defined only when it runs: importing this module
+  (experiments, tests) leaves absl's flag names to their owners."""
+  flags.DEFINE_string("workdir", None, "The run to evaluate (config.json and "
+                      "checkpoints/); written by main.py or a converter.")
+  flags.DEFINE_string("protocol", "center", "center | 10crop | dense.")
+  flags.DEFINE_list("scales", [], "dense: short sides Q, e.g. 256,384,512; "
+                    "default: the paper's rule for the training scale.")
+  flags.DEFINE_float("resize", 0., "10crop: the short side S the crops are cut "
+                     "from; 0: the training scale (image_size / 0.875 unless "
+                     "VGG or AlexNet crops).")
+  flags.DEFINE_bool("flip", True, "10crop and dense: average the mirror "
+                    "images' probabilities in.")
+  flags.DEFINE_list("ensemble", [], "More workdirs whose probabilities are "
+                    "averaged with --workdir's.")
+  flags.DEFINE_string("split", "", "The split to score; default: the one "
+                      "training evaluated on (validation, else test).")
+  flags.DEFINE_integer("step", -1, "The checkpoint step; -1: the newest.")
+  flags.DEFINE_string("data_dir", "", "Overrides config.dataset.data_dir.")
+  flags.DEFINE_integer("batch_size", 0, "Examples per global batch; 0: as "
+                       "many pixels as config.eval_batch_size centre crops.")
+  flags.DEFINE_integer("workers", -1, "Grain worker processes; -1: "
+                       "config.dataset.workers.")
+  flags.DEFINE_integer("limit", 0, "> 0: score only the first LIMIT examples.")
+  flags.DEFINE_integer("dense_round", 32, "dense: round the long side to a "
+                       "multiple of this many pixels (1: exact aspect).")
+  flags.DEFINE_string("out", "", "The JSON file; default: "
+                      "WORKDIR/eval_<protocol>[_<split>][_ensemble].json.")
 
 
 def options_from_flags() -> Options:
@@ -914,4 +924,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

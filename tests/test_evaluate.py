@@ -18,7 +18,6 @@ from cnnflax import evaluate, models, paths, train
 from cnnflax.data import augment, tfds_files
 from cnnflax.errors import CheckpointError, ConfigError
 from cnnflax.evaluate import Options
-from cnnflax.models.vgg import VGGFeatures
 
 CLASSES = 5
 

@@ -502,7 +502,7 @@ def _host_batches(make, count: int, workers: int,
 
 
 def _per_batch(size: int, multiple: int) -> int:
-  """`size` rounded down to a multiple of `multiple`, at least one."""
+  """`size` rounded down to a multiple of `multiple`, at least `multiple`."""
   return max(multiple, size // multiple * multiple)
 
 

@@ -28,13 +28,16 @@ class Checkpoints:
   """Save every N steps, keep the last K, restore the newest."""
 
   def __init__(self, directory: str, keep: int, identity: dict[str, Any],
-               background: bool = True):
+               background: bool = True, read_only: bool = False):
     self.directory = paths.path(directory)
     self.identity = identity  # what must match to resume (model, dataset ...)
     # Leftover temporary folders (a save cut short by SIGKILL) are never
-    # restored; cleaning them at start keeps the folder tidy.
+    # restored; cleaning them at start keeps the folder tidy. A reader
+    # (evaluation beside a running training) creates and cleans nothing: the
+    # temporary folder may be a save in progress.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+        max_to_keep=keep, create=not read_only,
+        cleanup_tmp_directories=not read_only, read_only=read_only,
         enable_async_checkpointing=background)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "meta"))

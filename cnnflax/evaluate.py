@@ -184,7 +184,7 @@ class Member:
     into a template built without running the initialiser."""
     shapes = jax.eval_shape(self.run.init_state)
     template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-    ckpts = self.run.checkpoints()
+    ckpts = self.run.checkpoints(read_only=True)  # training may be saving
     try:
       state, _ = ckpts.restore(template, self.step)
     finally:

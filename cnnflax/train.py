@@ -164,12 +164,12 @@ class Run:
     workers = self.config.dataset.workers
     return stream.default_workers() if workers < 0 else workers
 
-  def checkpoints(self) -> checkpoint.Checkpoints:
+  def checkpoints(self, read_only: bool = False) -> checkpoint.Checkpoints:
     """The workdir's checkpoints, refusing those of another run."""
     return checkpoint.Checkpoints(
         paths.path(self.workdir) / "checkpoints",
         self.config.checkpoints_to_keep, run_identity(self.config, self),
-        background=self.config.checkpoint_async)
+        background=self.config.checkpoint_async, read_only=read_only)
 
   def eval_batches(self, limit: int | None = None
                    ) -> Iterator[dict[str, np.ndarray]]:

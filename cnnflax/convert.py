@@ -25,6 +25,7 @@ import sets that field and says so (`fields` in the result); see SOURCES.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -510,10 +511,12 @@ def optimizer(config: ml_collections.ConfigDict):
 LEAF_MODULES = (nn.Conv, nn.Dense, nn.BatchNorm, layers.Conv, norm.BatchNorm)
 
 
+@functools.lru_cache(maxsize=4)
 def layers_in_order(model: nn.Module, image_shape: tuple[int, int, int]
-                    ) -> tuple[list[Path], dict]:
+                    ) -> tuple[tuple[Path, ...], dict]:
   """Paths of the convolutions, linear layers and BatchNorms in the order the
-  training-mode network calls them, and its abstract variables."""
+  training-mode network calls them, and its abstract variables (kept for
+  `load` after `convert` in one process: tracing a deep net takes seconds)."""
   order: dict[Path, None] = {}
 
   def record(next_fun, args, kwargs, context):
@@ -527,7 +530,7 @@ def layers_in_order(model: nn.Module, image_shape: tuple[int, int, int]
   with nn.intercept_methods(record):
     variables = jax.eval_shape(lambda: model.clone(axis_name=None).init(
         {"params": key, "dropout": key}, x, train=True))
-  return list(order), variables
+  return tuple(order), variables
 
 
 def _get(tree: dict, path: Path) -> dict:
@@ -584,9 +587,10 @@ class Filler:
       weight = self.take(f"{ref.name}.weight", where, (n_out, n_in))
       if ref.chw:  # torch flattens C, H, W; cnnflax H, W, C
         side = math.isqrt(n_in // ref.chw)
-        weight = weight.reshape(n_out, ref.chw, side, side).transpose(
-            0, 2, 3, 1).reshape(n_out, n_in)
-      out["kernel"] = weight.T
+        out["kernel"] = weight.reshape(n_out, ref.chw, side, side).transpose(
+            2, 3, 1, 0).reshape(n_in, n_out)
+      else:
+        out["kernel"] = weight.T
     bias_name = f"{ref.name}.bias"
     if "bias" in params:
       out["bias"] = self.take(bias_name, where, params["bias"].shape)
@@ -626,8 +630,9 @@ def convert_variables(spec: Source, model: nn.Module,
                       ) -> tuple[dict, list[str]]:
   """cnnflax variables {"params", "batch_stats"} from the state dict, and
   the training-only heads that the file left out (freshly initialised)."""
-  order, abstract = layers_in_order(model, image_shape)
-  refs = spec.names(model, order)
+  order, abstract = layers_in_order(model.clone(axis_name=None),
+                                    tuple(image_shape))
+  refs = spec.names(model, list(order))
   filler = Filler(tensors, label)
   params, stats, fresh = {}, {}, []
   for where in order:
@@ -691,7 +696,7 @@ def convert(source: str, weights_path: str, workdir: str,
   state = step_lib.TrainState(
       step=np.zeros((), np.int32), params=params,
       batch_stats=variables.get("batch_stats", {}),
-      opt_state=jax.device_get(optimizer(config).init(params)),
+      opt_state=jax.device_get(jax.jit(optimizer(config).init)(params)),
       rng=np.asarray(jax.random.key_data(
           jax.random.split(jax.random.key(config.seed))[1])))
   paths.check_writable(workdir)
@@ -722,9 +727,10 @@ def load(workdir: str) -> tuple[nn.Module, dict, ml_collections.ConfigDict]:
       (paths.path(workdir) / "config.json").read_text()))
   from cnnflax import train
   model = train.build_model(config, None)
-  image_shape = data.image_shape(config.dataset)
+  image_shape = tuple(data.image_shape(config.dataset))
+  _, variables = layers_in_order(model, image_shape)
   abstract = jax.eval_shape(lambda: step_lib.init_state(
-      model, optimizer(config), image_shape, config.seed))
+      _Known(variables), optimizer(config), image_shape, config.seed))
   template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
   ckpts = checkpoint.Checkpoints(paths.path(workdir) / "checkpoints",
                                  config.checkpoints_to_keep,
@@ -735,6 +741,21 @@ def load(workdir: str) -> tuple[nn.Module, dict, ml_collections.ConfigDict]:
     ckpts.close()
   return model, {"params": state.params,
                  "batch_stats": state.batch_stats}, config
+
+
+class _Known:
+  """Stands in for a model whose abstract variables are known, so that
+  step.init_state builds the train state's structure without tracing the
+  network again."""
+
+  def __init__(self, variables: dict):
+    self.variables = variables
+
+  def clone(self, **_) -> "_Known":
+    return self
+
+  def init(self, *_, **__) -> dict:
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self.variables)
 
 
 def report(result: dict) -> str:

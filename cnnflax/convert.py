@@ -57,6 +57,7 @@ class Ref(NamedTuple):
   name: str  # the torch module's name, e.g. "layer1.0.conv1"
   optional: bool = False  # a training-only head the file may leave out
   chw: int = 0  # a linear layer after a flatten: channels of the C, H, W map
+  pool: int = 0  # torch average-pools that map adaptively to pool x pool
 
 
 # --- structural name rules, one per family --------------------------------------
@@ -94,7 +95,8 @@ def torchvision_vgg(model, paths_: list[Path]) -> dict[Path, Ref]:
     else:
       index[f"conv{stage}_{conv}"] = i
       i, conv = i + (3 if model.batch_norm else 2), conv + 1
-  fc = {"fc6": Ref("classifier.0", chw=512), "fc7": Ref("classifier.3"),
+  fc = {"fc6": Ref("classifier.0", chw=512, pool=7),
+        "fc7": Ref("classifier.3"),
         "fc8": Ref("classifier.6")}
   return {p: fc[p[0]] if p[0] in fc else
           Ref(f"features.{index[p[1]] + (p[2] == 'BatchNorm_0')}")
@@ -308,6 +310,10 @@ _V15 = ("torchvision's ResNet ('v1.5') downsamples in the 3x3 of a "
         "bottleneck; the paper, and cnnflax by default, in the 1x1")
 _FOLD = ("torchvision's *_bn VGGs keep a bias before each BatchNorm; it is "
          "folded into the BatchNorm's running mean (same function)")
+_VGG_POOL = ("torchvision's VGG average-pools the last maps adaptively to "
+             "7x7 before the classifier; for --image_size outside 224-255 "
+             "that pooling is folded into fc6, so the import computes what "
+             "torchvision's VGG computes at that size")
 _TF_INPUT = ("its pretrained weights (ported from TensorFlow) expect inputs "
              "scaled to [-1, 1] (torchvision: transform_input=True), not "
              "ImageNet mean/std normalisation")
@@ -323,9 +329,10 @@ def _sources() -> dict[str, Source]:
   s["torchvision:resnext50_32x4d"] = Source("resnext50_32x4d",
                                             torchvision_resnet)
   for n in (11, 13, 16, 19):
-    s[f"torchvision:vgg{n}"] = Source(f"vgg{n}", torchvision_vgg)
+    s[f"torchvision:vgg{n}"] = Source(f"vgg{n}", torchvision_vgg,
+                                      notes=(_VGG_POOL,))
     s[f"torchvision:vgg{n}_bn"] = Source(f"vgg{n}_bn", torchvision_vgg,
-                                         notes=(_FOLD,))
+                                         notes=(_FOLD, _VGG_POOL))
   for d in (121, 169, 201):
     s[f"torchvision:densenet{d}"] = Source(f"densenet{d}",
                                            torchvision_densenet)
@@ -582,15 +589,11 @@ class Filler:
       h, w, i, o = kernel.shape
       out["kernel"] = self.take(f"{ref.name}.weight", where,
                                 (o, i, h, w)).transpose(2, 3, 1, 0)
+    elif ref.chw:  # after a flatten: torch's is C, H, W, cnnflax's H, W, C
+      out["kernel"] = self._flattened(where, ref, *kernel.shape)
     else:  # (in, out) <- (out, in)
       n_in, n_out = kernel.shape
-      weight = self.take(f"{ref.name}.weight", where, (n_out, n_in))
-      if ref.chw:  # torch flattens C, H, W; cnnflax H, W, C
-        side = math.isqrt(n_in // ref.chw)
-        out["kernel"] = weight.reshape(n_out, ref.chw, side, side).transpose(
-            2, 3, 1, 0).reshape(n_in, n_out)
-      else:
-        out["kernel"] = weight.T
+      out["kernel"] = self.take(f"{ref.name}.weight", where, (n_out, n_in)).T
     bias_name = f"{ref.name}.bias"
     if "bias" in params:
       out["bias"] = self.take(bias_name, where, params["bias"].shape)
@@ -598,6 +601,22 @@ class Filler:
       self.pending_bias = (bias_name, self.take(bias_name, where,
                                                 (kernel.shape[-1],)))
     return out, None
+
+  def _flattened(self, where, ref, n_in: int, n_out: int) -> np.ndarray:
+    """The kernel of a linear layer on a flattened side x side map. Where
+    torch first average-pools the map adaptively to pool x pool (VGG's
+    classifier), that linear pooling is folded into the kernel: the import
+    then computes what torch computes at this input size (at 224, where
+    the map is 7x7, the pool is the identity)."""
+    side = math.isqrt(n_in // ref.chw)
+    torch_side = ref.pool or side
+    weight = self.take(f"{ref.name}.weight", where,
+                       (n_out, ref.chw * torch_side ** 2))
+    weight = weight.reshape(n_out, ref.chw, torch_side, torch_side)
+    if torch_side != side:
+      p = adaptive_pool_matrix(side, torch_side)
+      weight = np.einsum("ocij,iy,jx->ocyx", weight, p, p, optimize=True)
+    return weight.transpose(2, 3, 1, 0).reshape(n_in, n_out)
 
   def _batch_norm(self, where, ref, params, stats):
     n = params["scale"].shape
@@ -616,6 +635,16 @@ class Filler:
         raise CheckpointError(
             f"the weights' {name} (shape {list(value.shape)}) has no place "
             f"in {self.label}; is --source right?")
+
+
+def adaptive_pool_matrix(n: int, out: int) -> np.ndarray:
+  """torch's AdaptiveAvgPool1d from n to `out` as an (out, n) matrix: row i
+  averages positions floor(i n / out) .. ceil((i + 1) n / out) - 1."""
+  m = np.zeros((out, n), np.float32)
+  for i in range(out):
+    start, stop = i * n // out, -(-(i + 1) * n // out)
+    m[i, start:stop] = 1.0 / (stop - start)
+  return m
 
 
 def _set(tree: dict, path: Path, values: dict) -> None:

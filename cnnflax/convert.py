@@ -68,13 +68,13 @@ def _plus_one(name: str) -> str:
   return re.sub(r"\d+$", lambda m: str(int(m[0]) + 1), name)
 
 
-def torchvision_resnet(model, paths_: list[Path]) -> dict[Path, Ref]:
+def torchvision_resnet(model, order: list[Path]) -> dict[Path, Ref]:
   """ResNet and ResNeXt: stageS_blockB/convI -> layerS.(B-1).conv(I+1),
   proj -> downsample.0 (its BN downsample.1), stem -> conv1/bn1, head -> fc."""
   top = {"stem_conv": "conv1", "stem_bn": "bn1", "head": "fc"}
   inner = {"proj": "downsample.0", "proj_bn": "downsample.1"}
   out = {}
-  for p in paths_:
+  for p in order:
     if len(p) == 1:
       out[p] = Ref(top[p[0]])
       continue
@@ -84,7 +84,7 @@ def torchvision_resnet(model, paths_: list[Path]) -> dict[Path, Ref]:
   return out
 
 
-def torchvision_vgg(model, paths_: list[Path]) -> dict[Path, Ref]:
+def torchvision_vgg(model, order: list[Path]) -> dict[Path, Ref]:
   """features.N counts every conv, BN, ReLU and pool of Table 1's column;
   classifier.0/3/6 are FC-4096, FC-4096, FC-classes (on the C, H, W flatten
   of the 7x7x512 maps)."""
@@ -100,16 +100,16 @@ def torchvision_vgg(model, paths_: list[Path]) -> dict[Path, Ref]:
         "fc8": Ref("classifier.6")}
   return {p: fc[p[0]] if p[0] in fc else
           Ref(f"features.{index[p[1]] + (p[2] == 'BatchNorm_0')}")
-          for p in paths_}
+          for p in order}
 
 
-def torchvision_densenet(model, paths_: list[Path]) -> dict[Path, Ref]:
+def torchvision_densenet(model, order: list[Path]) -> dict[Path, Ref]:
   """blockB/layerL/convK/{bn,conv} -> features.denseblockB.denselayerL.
   {normK,convK}; transitionB/{bn,conv} -> features.transitionB.{norm,conv}."""
   top = {"stem_conv": "features.conv0", "stem_bn": "features.norm0",
          "final_bn": "features.norm5", "head": "classifier"}
   out = {}
-  for p in paths_:
+  for p in order:
     if p[0] in top:
       out[p] = Ref(top[p[0]])
     elif p[0].startswith("transition"):
@@ -122,7 +122,7 @@ def torchvision_densenet(model, paths_: list[Path]) -> dict[Path, Ref]:
   return out
 
 
-def torchvision_mobilenet_v2(model, paths_: list[Path]) -> dict[Path, Ref]:
+def torchvision_mobilenet_v2(model, order: list[Path]) -> dict[Path, Ref]:
   """features.0 is the stem, features.B block B (its `conv` Sequential:
   [expand conv-BN-ReLU6,] depthwise conv-BN-ReLU6, pointwise conv, BN),
   features.18 the last 1x1, classifier.1 the linear layer."""
@@ -130,7 +130,7 @@ def torchvision_mobilenet_v2(model, paths_: list[Path]) -> dict[Path, Ref]:
          "conv_last": "features.18.0", "conv_last_bn": "features.18.1",
          "head": "classifier.1"}
   out = {}
-  for p in paths_:
+  for p in order:
     if p[0] in top:
       out[p] = Ref(top[p[0]])
       continue
@@ -143,11 +143,11 @@ def torchvision_mobilenet_v2(model, paths_: list[Path]) -> dict[Path, Ref]:
   return out
 
 
-def _conv_bn(paths_: list[Path], module: Path, torch_names: list[str],
+def _conv_bn(order: list[Path], module: Path, torch_names: list[str],
              optional: bool = False) -> dict[Path, Ref]:
   """The conv-BN pairs (ConvBNAct) under `module`, in call order, named
   `torch_names[i].conv` / `.bn` (torch's BasicConv2d / ConvNormAct)."""
-  units = _units(paths_, module)
+  units = _units(order, module)
   if len(units) != len(torch_names):
     raise ValueError(f"{'/'.join(module)} has {len(units)} conv-BN layers, "
                      f"the rule names {len(torch_names)}")
@@ -163,11 +163,11 @@ def _pair(unit: Path, name: str, optional: bool = False) -> dict[Path, Ref]:
           unit + ("BatchNorm_0",): Ref(f"{name}.bn", optional)}
 
 
-def _units(paths_: list[Path], module: Path) -> list[Path]:
+def _units(order: list[Path], module: Path) -> list[Path]:
   """ConvBNAct paths directly under `module`, in call order."""
   n = len(module)
   return list(dict.fromkeys(
-      p[:-1] for p in paths_ if p[:n] == module and len(p) == n + 2
+      p[:-1] for p in order if p[:n] == module and len(p) == n + 2
       and p[-1] in ("Conv_0", "BatchNorm_0")))
 
 
@@ -193,28 +193,28 @@ V3_STEM = ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1",
            "Conv2d_4a_3x3"]
 
 
-def torchvision_inception_v3(model, paths_: list[Path]) -> dict[Path, Ref]:
+def torchvision_inception_v3(model, order: list[Path]) -> dict[Path, Ref]:
   """mixed_6b -> Mixed_6b with V3_BRANCHES' names; the auxiliary head ->
   AuxLogits (training only: a file without it keeps fresh ones)."""
-  out = _conv_bn(paths_, ("stem",), V3_STEM)
+  out = _conv_bn(order, ("stem",), V3_STEM)
   for module, kind in V3_MODULES.items():
-    out.update(_conv_bn(paths_, (module,), [
+    out.update(_conv_bn(order, (module,), [
         f"Mixed_{module[len('mixed_'):]}.{b}" for b in V3_BRANCHES[kind]]))
-  if any(p[0] == "aux" for p in paths_):
+  if any(p[0] == "aux" for p in order):
     out.update(_pair(("aux", "conv0"), "AuxLogits.conv0", True))
     out.update(_pair(("aux", "conv1"), "AuxLogits.conv1", True))
     out[("aux", "logits")] = Ref("AuxLogits.fc", optional=True)
   out[("logits",)] = Ref("fc")
-  return {p: out[p] for p in paths_}
+  return {p: out[p] for p in order}
 
 
-def _timm_branches(paths_: list[Path], module: Path, torch_module: str
+def _timm_branches(order: list[Path], module: Path, torch_module: str
                    ) -> dict[Path, Ref]:
   """timm's names for our branch layers `branchI_J[a|b]` of one module: a
   branch with a fork is flat (`branch2_3a`, Inception-C), a branch of one
   conv is the conv itself (`branch0`), any other is a Sequential whose
   index counts the pool as ours does (`branch3.1`)."""
-  units = _units(paths_, module)
+  units = _units(order, module)
   parsed = [re.fullmatch(r"branch(\d+)_(\d+)([ab]?)", u[-1]).groups()
             for u in units]
   names = []
@@ -226,50 +226,50 @@ def _timm_branches(paths_: list[Path], module: Path, torch_module: str
       names.append(f"{torch_module}.branch{i}")
     else:
       names.append(f"{torch_module}.branch{i}.{j}")
-  return _conv_bn(paths_, module, names)
+  return _conv_bn(order, module, names)
 
 
-def timm_inception_v4(model, paths_: list[Path]) -> dict[Path, Ref]:
+def timm_inception_v4(model, order: list[Path]) -> dict[Path, Ref]:
   """timm's `features` Sequential: the three stem convs, Mixed3a/4a/5a,
   4 x A, Reduction-A, 7 x B, Reduction-B, 3 x C, then last_linear."""
-  order = ["mixed_3a", "mixed_4a", "mixed_5a"]
+  modules = ["mixed_3a", "mixed_4a", "mixed_5a"]
   for stage, n in zip("abc", model.repeats):
-    order += [f"inception_{stage}{i + 1}" for i in range(n)]
-    order += [f"reduction_{stage}"] if stage != "c" else []
-  out = _conv_bn(paths_, ("stem",), [f"features.{i}" for i in range(3)])
-  for i, module in enumerate(order, start=3):
+    modules += [f"inception_{stage}{i + 1}" for i in range(n)]
+    modules += [f"reduction_{stage}"] if stage != "c" else []
+  out = _conv_bn(order, ("stem",), [f"features.{i}" for i in range(3)])
+  for i, module in enumerate(modules, start=3):
     if module in ("mixed_3a", "mixed_5a"):  # one conv beside a max-pool
-      out.update(_conv_bn(paths_, (module,), [f"features.{i}.conv"]))
+      out.update(_conv_bn(order, (module,), [f"features.{i}.conv"]))
     else:
-      out.update(_timm_branches(paths_, (module,), f"features.{i}"))
+      out.update(_timm_branches(order, (module,), f"features.{i}"))
   out[("logits",)] = Ref("last_linear")
-  return {p: out[p] for p in paths_}
+  return {p: out[p] for p in order}
 
 
-def timm_inception_resnet_v2(model, paths_: list[Path]) -> dict[Path, Ref]:
+def timm_inception_resnet_v2(model, order: list[Path]) -> dict[Path, Ref]:
   """timm's (and Cadene's) names: conv2d_1a..4a, mixed_5b, repeat (A),
   mixed_6a, repeat_1 (B), mixed_7a, repeat_2 (C) and the last, linear C
   block `block8`, conv2d_7b, classif; a block's 1x1 up-projection is
   `conv2d`."""
-  out = _conv_bn(paths_, ("stem",), ["conv2d_1a", "conv2d_2a", "conv2d_2b",
+  out = _conv_bn(order, ("stem",), ["conv2d_1a", "conv2d_2a", "conv2d_2b",
                                      "conv2d_3b", "conv2d_4a"])
-  out.update(_timm_branches(paths_, ("mixed_5b",), "mixed_5b"))
-  out.update(_timm_branches(paths_, ("reduction_a",), "mixed_6a"))
-  out.update(_timm_branches(paths_, ("reduction_b",), "mixed_7a"))
+  out.update(_timm_branches(order, ("mixed_5b",), "mixed_5b"))
+  out.update(_timm_branches(order, ("reduction_a",), "mixed_6a"))
+  out.update(_timm_branches(order, ("reduction_b",), "mixed_7a"))
   repeats = {"a": "repeat", "b": "repeat_1", "c": "repeat_2"}
   for stage, n in zip("abc", model.repeats):
     for i in range(n):
       torch_block = (f"{repeats[stage]}.{i}" if stage != "c" or i < n - 1
                      else "block8")
       block = f"inception_{stage}{i + 1}"
-      out.update(_timm_branches(paths_, (block, "mixed"), torch_block))
+      out.update(_timm_branches(order, (block, "mixed"), torch_block))
       out[(block, "up")] = Ref(f"{torch_block}.conv2d")
   out.update(_pair(("head_conv",), "conv2d_7b"))
   out[("logits",)] = Ref("classif")
-  return {p: out[p] for p in paths_}
+  return {p: out[p] for p in order}
 
 
-def torchvision_googlenet(model, paths_: list[Path]) -> dict[Path, Ref]:
+def torchvision_googlenet(model, order: list[Path]) -> dict[Path, Ref]:
   """conv1, conv2 (the 1x1 reduce), conv3; inceptionXY.branch1..4 (the
   pool projection is branch4.1); aux1/aux2 (conv, fc1, fc2); fc."""
   stem = {"conv1": "conv1", "conv2_reduce": "conv2", "conv2": "conv3"}
@@ -277,7 +277,7 @@ def torchvision_googlenet(model, paths_: list[Path]) -> dict[Path, Ref]:
             "5x5_reduce": "branch3.0", "5x5": "branch3.1",
             "pool_proj": "branch4.1"}
   out = {}
-  for p in paths_:
+  for p in order:
     kind = "conv" if p[-1] == "Conv_0" else "bn"
     if p[0] in stem:
       out[p] = Ref(f"{stem[p[0]]}.{kind}")
@@ -287,7 +287,8 @@ def torchvision_googlenet(model, paths_: list[Path]) -> dict[Path, Ref]:
     elif p[0].startswith("aux_"):
       aux = "aux1" if p[0] == "aux_4a" else "aux2"
       leaf = {"conv": f"conv.{kind}", "fc": "fc1", "logits": "fc2"}[p[1]]
-      out[p] = Ref(f"{aux}.{leaf}", optional=True, chw=128 * (p[1] == "fc"))
+      out[p] = Ref(f"{aux}.{leaf}", optional=True,
+                   chw=128 if p[1] == "fc" else 0)
     else:
       out[p] = Ref("fc")
   return out
@@ -574,11 +575,12 @@ class Filler:
   def has(self, ref: Ref) -> bool:
     return any(k.startswith(ref.name + ".") for k in self.tensors)
 
-  def fill(self, where: Path, ref: Ref, params: dict, stats: dict | None
+  def fill(self, where: Path, ref: Ref, params: dict
            ) -> tuple[dict, dict | None]:
-    """New values for one cnnflax layer (its params and batch_stats)."""
+    """New values for one cnnflax layer: its params and, for a BatchNorm,
+    its batch_stats. `params` are the layer's abstract ones."""
     if "scale" in params:
-      return self._batch_norm(where, ref, params, stats)
+      return self._batch_norm(where, ref, params["scale"].shape)
     if self.pending_bias is not None:
       raise CheckpointError(
           f"the weights' {self.pending_bias[0]} is a bias that "
@@ -618,8 +620,7 @@ class Filler:
       weight = np.einsum("ocij,iy,jx->ocyx", weight, p, p, optimize=True)
     return weight.transpose(2, 3, 1, 0).reshape(n_in, n_out)
 
-  def _batch_norm(self, where, ref, params, stats):
-    n = params["scale"].shape
+  def _batch_norm(self, where: Path, ref: Ref, n: tuple) -> tuple[dict, dict]:
     mean = self.take(f"{ref.name}.running_mean", where, n)
     if self.pending_bias is not None:  # BN(conv + b) = BN'(conv), mean - b
       mean = mean - self.pending_bias[1]
@@ -669,9 +670,7 @@ def convert_variables(spec: Source, model: nn.Module,
     if ref.optional and not filler.has(ref):
       fresh.append("/".join(where))
       continue
-    p, s = filler.fill(where, ref, _get(abstract["params"], where),
-                       _get(abstract.get("batch_stats", {}), where)
-                       if "scale" in _get(abstract["params"], where) else None)
+    p, s = filler.fill(where, ref, _get(abstract["params"], where))
     _set(params, where, p)
     if s is not None:
       _set(stats, where, s)
@@ -717,6 +716,7 @@ def convert(source: str, weights_path: str, workdir: str,
   if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
     raise ConfigError(f"--workdir={workdir} already holds checkpoints; "
                       "import into a new --workdir")
+  paths.check_writable(workdir)
   tensors = read_weights(weights_path)
   label = f"cnnflax's {spec.model} ({source})"
   variables, fresh = convert_variables(spec, model, image_shape, tensors,
@@ -728,7 +728,6 @@ def convert(source: str, weights_path: str, workdir: str,
       opt_state=jax.device_get(jax.jit(optimizer(config).init)(params)),
       rng=np.asarray(jax.random.key_data(
           jax.random.split(jax.random.key(config.seed))[1])))
-  paths.check_writable(workdir)
   paths.write_atomic(paths.path(workdir) / "config.json",
                      json.dumps(config.to_dict(), indent=2, sort_keys=True))
   ckpts = checkpoint.Checkpoints(ckpt_dir, config.checkpoints_to_keep,

@@ -151,6 +151,48 @@ def test_inception_resnet_v1_grids():
   assert "head_conv" not in got
 
 
+def kernels(name, **fields):
+  """{layer path: kernel (rows, columns)} of a model's convolutions."""
+  model = models.get_model(name, **fields)
+  params = jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.zeros((1, 75, 75, 3)))["params"]
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  return {"/".join(k.key for k in path[:-2]): leaf.shape[:2]
+          for path, leaf in flat if path[-1].key == "kernel"
+          and len(leaf.shape) == 4}
+
+
+def test_inception_v4_orients_its_asymmetric_convolutions_as_released():
+  # TF-slim's inception_v4.py: Mixed_4a 1x7 then 7x1; Inception-B's second
+  # branch 7x1, 1x7, 7x1, 1x7; Inception-C's 3x1, 1x3, then 1x3 | 3x1.
+  released = kernels("inception_v4", **SMALL)
+  assert [released[f"mixed_4a/branch1_{j}"] for j in (1, 2)] == [
+      (1, 7), (7, 1)]
+  assert [released[f"inception_b1/branch2_{j}"] for j in (1, 2, 3, 4)] == [
+      (7, 1), (1, 7), (7, 1), (1, 7)]
+  assert [released[f"inception_c1/branch2_{j}"]
+          for j in ("1", "2", "3a", "3b")] == [(3, 1), (1, 3), (1, 3), (3, 1)]
+  assert released["inception_b1/branch1_1"] == (1, 7)  # both agree there
+  figures = kernels("inception_v4", asymmetric="figures", **SMALL)
+  swapped = {k for k in released if released[k] != figures[k]}
+  assert all(figures[k] == released[k][::-1] for k in swapped)
+  # 2 in Mixed_4a, 4 per B block, 4 per C block: 42 with 7 B and 3 C.
+  assert len(swapped) == 2 + 4 + 4
+  count = lambda **f: summary.count(models.get_model("inception_v4", **f),
+                                    (299, 299, 3))["params"]
+  assert count(asymmetric="figures", **SMALL) == count(**SMALL)
+
+
+def test_the_inception_family_takes_tf_slims_batch_norm_epsilon():
+  for name in ("bn_inception", "inception_v3", "inception_v4",
+               "inception_resnet_v2", "googlenet_bn"):
+    assert models.get_model(name).bn_epsilon == 1e-3, name
+  model, variables, x = model_and_variables("inception_v3", 75)
+  base = jax.jit(model.apply)(variables, x)
+  torch_like = jax.jit(model.clone(bn_epsilon=1e-5).apply)(variables, x)
+  assert float(jnp.abs(torch_like - base).max()) > 1e-5
+
+
 @pytest.mark.parametrize("name", ["inception_v3", "inception_v4",
                                   "inception_resnet_v2"])
 def test_inputs_below_75x75_are_refused(name):
@@ -246,6 +288,11 @@ def test_released_v2_ends_with_a_linear_block():
     ("inception_v3", dict(dropout_rate=1.0), "dropout_rate=1.0 is not valid"),
     ("inception_v3", dict(activation="swoosh"), "activation='swoosh'"),
     ("inception_v4", dict(version="v5"), "version='v5' is not valid"),
+    ("inception_v4", dict(asymmetric="paper"),
+     "asymmetric='paper' is not valid"),
+    ("inception_resnet_v2", dict(asymmetric="figures"),
+     "asymmetric='figures' needs version='v4'"),
+    ("inception_v3", dict(bn_epsilon=0.0), "bn_epsilon=0.0 is not valid"),
     ("inception_v4", dict(residual_scale=0.2),
      "residual_scale=0.2 needs an Inception-ResNet version"),
     ("inception_v4", dict(survival_prob_last=0.5),

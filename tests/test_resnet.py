@@ -80,6 +80,13 @@ def test_bottleneck_stride_can_sit_on_the_3x3():
   assert default["stage2_block1/conv0"] == (28, 28, 128)
 
 
+def test_resnexts_downsample_in_the_grouped_3x3_as_the_authors_code():
+  # facebookresearch/ResNeXt, resnext_bottleneck_C: the 3x3 has the stride.
+  for name in ("resnext50_32x4d", "resnext29_8x64d", "resnext29_16x64d"):
+    assert models.get_model(name).stride_in == "3x3", name
+  assert models.get_model("resnet50").stride_in == "1x1"  # the ResNet paper
+
+
 def test_zeroed_branches_make_a_v2_net_the_identity_on_its_shortcuts():
   model = small(unit="full_preact", shortcut="B")
   variables = model.init(jax.random.key(0), X)

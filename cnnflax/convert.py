@@ -47,7 +47,7 @@ import numpy as np
 from cnnflax import checkpoint, data, models, optim, paths
 from cnnflax import step as step_lib
 from cnnflax.errors import CheckpointError, ConfigError
-from cnnflax.models import layers, norm, vgg
+from cnnflax.models import layers, mobilenet, norm, vgg
 
 Path = tuple[str, ...]
 
@@ -60,7 +60,7 @@ class Ref(NamedTuple):
   pool: int = 0  # torch average-pools that map adaptively to pool x pool
 
 
-# --- structural name rules, one per family --------------------------------------
+# --- structural name rules, one per family ------------------------------------
 
 
 def _plus_one(name: str) -> str:
@@ -141,6 +141,20 @@ def torchvision_mobilenet_v2(model, order: list[Path]) -> dict[Path, Ref]:
             "pointwise_bn": f"{e + 2}"}[p[-1]]
     out[p] = Ref(f"features.{b}.conv.{leaf}")
   return out
+
+
+def timm_mobilenet_v1(model, order: list[Path]) -> dict[Path, Ref]:
+  """separableK -> blocks.S.I, a new stage S at each stride-2 layer of
+  Table 1; conv_dw/bn1 and conv_pw/bn2 inside; conv_stem/bn1, classifier."""
+  top = {"conv1": "conv_stem", "conv1_bn": "bn1", "head": "classifier"}
+  inner = {"depthwise": "conv_dw", "depthwise_bn": "bn1",
+           "pointwise": "conv_pw", "pointwise_bn": "bn2"}
+  blocks, stage, i = {}, 0, -1
+  for k, (_, stride) in enumerate(mobilenet.V1_LAYERS, start=1):
+    stage, i = (stage + 1, 0) if stride == 2 else (stage, i + 1)
+    blocks[f"separable{k}"] = f"blocks.{stage}.{i}"
+  return {p: Ref(top[p[0]]) if p[0] in top else
+          Ref(f"{blocks[p[0]]}.{inner[p[1]]}") for p in order}
 
 
 def _conv_bn(order: list[Path], module: Path, torch_names: list[str],
@@ -339,6 +353,10 @@ def _sources() -> dict[str, Source]:
                                            torchvision_densenet)
   s["torchvision:mobilenet_v2"] = Source("mobilenet_v2",
                                          torchvision_mobilenet_v2)
+  s["timm:mobilenetv1_100"] = Source(
+      "mobilenet_v1", timm_mobilenet_v1, {"activation": "relu6"},
+      "timm's MobileNet v1 uses ReLU6; the paper, and cnnflax by default, "
+      "ReLU")
   s["torchvision:inception_v3"] = Source(
       "inception_v3", torchvision_inception_v3, {"avg_pool_count_pad": True},
       "torchvision's 3x3/1 average pools count the zero padding; the "
@@ -374,7 +392,7 @@ def source_spec(source: str) -> Source:
   return SOURCES[source]
 
 
-# --- reading the weights --------------------------------------------------------
+# --- reading the weights ------------------------------------------------------
 
 
 def import_torchvision() -> types.ModuleType:
@@ -476,7 +494,7 @@ def _torch_load(source, weights: str) -> dict[str, np.ndarray]:
           if isinstance(v, torch.Tensor)}
 
 
-# --- the config, the model and the run identity -----------------------------------
+# --- the config, the model and the run identity -------------------------------
 
 
 def make_config(spec: Source, image_size: int = 0) -> ml_collections.ConfigDict:
@@ -514,7 +532,7 @@ def optimizer(config: ml_collections.ConfigDict):
                                 optim.create_schedule(config, 1, steps))
 
 
-# --- pairing the layers --------------------------------------------------------
+# --- pairing the layers -------------------------------------------------------
 
 LEAF_MODULES = (nn.Conv, nn.Dense, nn.BatchNorm, layers.Conv, norm.BatchNorm)
 
@@ -698,7 +716,7 @@ def _heads(fresh: list[str]) -> list[str]:
   return list(dict.fromkeys(p.split("/")[0] for p in fresh))
 
 
-# --- the workdir ---------------------------------------------------------------
+# --- the workdir --------------------------------------------------------------
 
 
 def convert(source: str, weights_path: str, workdir: str,
@@ -810,6 +828,8 @@ def main(argv) -> None:
     from absl import app
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
+  from cnnflax import train
+  train.quiet_library_logs()  # orbax's INFO lines
   try:
     result = convert(f.source, f.weights, f.workdir, f.image_size)
   except (CheckpointError, ConfigError) as e:

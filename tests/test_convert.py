@@ -59,6 +59,7 @@ PAIRS = [
     ("torchvision:densenet169", 32, "pth"),
     ("torchvision:densenet201", 32, "pth"),
     ("torchvision:mobilenet_v2", 32, "pth"),
+    ("timm:mobilenetv1_100", 32, "pth"),
     ("torchvision:inception_v3", 75, "pth"),
     ("torchvision:googlenet", 32, "pth"),
     ("timm:inception_v4", 75, "safetensors"),
@@ -71,6 +72,7 @@ FIELDS = {
     "torchvision:resnet152": {"stride_in": "3x3"},
     "torchvision:inception_v3": {"avg_pool_count_pad": True},
     "torchvision:googlenet": {"kernel_5x5": 3, "pool4_window": 2},
+    "timm:mobilenetv1_100": {"activation": "relu6"},
 }
 # Fields whose cnnflax default must change the function: the import's
 # setting is needed, not incidental.
@@ -178,7 +180,7 @@ def test_imported_weights_give_the_reference_logits(source, size, fmt,
   shutil.rmtree(tmp_path)  # VGG-16's checkpoint at 224 is over a gigabyte
 
 
-# --- files that do not fit -----------------------------------------------------
+# --- files that do not fit ----------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +258,7 @@ def test_a_workdir_with_checkpoints_is_refused(resnet18_weights, tmp_path):
                     str(tmp_path))
 
 
-# --- the command line and the experiments -----------------------------------------
+# --- the command line and the experiments -------------------------------------
 
 # The command line, with torch made unimportable: .safetensors need no torch.
 WITHOUT_TORCH = ("import runpy, sys; sys.modules['torch'] = None; "

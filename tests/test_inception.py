@@ -184,13 +184,11 @@ def test_inception_v4_orients_its_asymmetric_convolutions_as_released():
 
 
 def test_the_inception_family_takes_tf_slims_batch_norm_epsilon():
+  # The logits of converted torchvision/timm weights (test_convert.py)
+  # check that the epsilon reaches every BatchNorm.
   for name in ("bn_inception", "inception_v3", "inception_v4",
                "inception_resnet_v2", "googlenet_bn"):
     assert models.get_model(name).bn_epsilon == 1e-3, name
-  model, variables, x = model_and_variables("inception_v3", 75)
-  base = jax.jit(model.apply)(variables, x)
-  torch_like = jax.jit(model.clone(bn_epsilon=1e-5).apply)(variables, x)
-  assert float(jnp.abs(torch_like - base).max()) > 1e-5
 
 
 @pytest.mark.parametrize("name", ["inception_v3", "inception_v4",

@@ -74,10 +74,12 @@ FIELDS = {
     "torchvision:googlenet": {"kernel_5x5": 3, "pool4_window": 2},
     "timm:mobilenetv1_100": {"activation": "relu6"},
 }
-# Fields whose cnnflax default must change the function: the import's
-# setting is needed, not incidental.
+# Values that must change the logits: the paper's defaults that the import
+# overrides, and the epsilon the Inception family had before it took
+# TF-slim's.
 NEEDED = {"torchvision:resnet50": {"stride_in": "1x1"},
-          "torchvision:inception_v3": {"avg_pool_count_pad": False}}
+          "torchvision:inception_v3": {"avg_pool_count_pad": False},
+          "timm:inception_v4": {"bn_epsilon": 1e-5}}
 AUX_HEADS = ("AuxLogits", "aux1", "aux2")
 
 

@@ -1,7 +1,7 @@
 """Network in Network (Lin, Chen and Yan 2014)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -30,10 +30,36 @@ TABLES: dict[str, tuple] = {
     ),
 }
 
+# weight_init="paper": the Gaussian weight stds of the authors' released
+# Caffe models, (spatial conv, mlp1, mlp2) per block; every bias starts at 0.
+# CIFAR-10: Min Lin's Caffe model-zoo gist e56253735ef32c3c296d
+# ("Network in Network CIFAR10 Model", train_val.prototxt: every conv and
+# cccp layer `gaussian std: 0.05`, `bias_filler constant 0`); the same 0.05
+# as his cuda-convnet definition (github.com/mavenlin/cuda-convnet,
+# NIN/cifar-10_def: initW=0.05 for all nine layers, initB 0) and his purine2
+# example (github.com/purine/purine2, examples/nin_cifar10.cpp:
+# Gaussian(0, 0.05) weights, Constant(0) biases).
+# ImageNet: gist d802a5849de39225bcc6 ("Network in Network Imagenet Model"):
+# conv1, conv3 and cccp8 std 0.01, the other layers 0.05.
+PAPER_STDS: dict[str, tuple] = {
+    "cifar": ((0.05, 0.05, 0.05),) * 3,
+    "imagenet": ((0.01, 0.05, 0.05), (0.05, 0.05, 0.05), (0.01, 0.05, 0.05),
+                 (0.05, 0.05, 0.01)),
+}
+
+
+def _kernel_init(std: float | None) -> Callable:
+  """N(0, std) (the authors' filler) or, for None, He-normal."""
+  if std is None:
+    return nn.initializers.he_normal()
+  return nn.initializers.normal(std)
+
 
 class MlpConv(nn.Module):
   """A spatial convolution and two 1x1 convolutions (the per-pixel MLP), each
-  followed by the activation; the last may skip BN and the activation."""
+  followed by the activation; the last may skip BN and the activation.
+  `init_stds`: the three layers' Gaussian weight stds; None: He-normal.
+  `last_bias`: the starting bias of the third layer (it must have one)."""
   features: tuple[int, int, int]
   kernel: int
   stride: int
@@ -43,21 +69,50 @@ class MlpConv(nn.Module):
   last_act: bool = True
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  init_stds: tuple[float, float, float] | None = None
+  last_bias: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     pad = ((self.padding, self.padding),) * 2
     common = dict(dtype=self.dtype, axis_name=self.axis_name)
+    stds = self.init_stds or (None, None, None)
     x = ConvBNAct(self.features[0], (self.kernel, self.kernel),
                   (self.stride, self.stride), pad, self.batch_norm,
-                  self.activation, name="conv", **common)(x, train)
+                  self.activation, kernel_init=_kernel_init(stds[0]),
+                  name="conv", **common)(x, train)
     x = ConvBNAct(self.features[1], (1, 1), batch_norm=self.batch_norm,
-                  act=self.activation, name="mlp1", **common)(x, train)
+                  act=self.activation, kernel_init=_kernel_init(stds[1]),
+                  name="mlp1", **common)(x, train)
     # The class maps of the last block are not batch-normalised.
     last_bn = self.batch_norm and self.last_act
-    return ConvBNAct(self.features[2], (1, 1), batch_norm=last_bn,
-                     act=self.activation if self.last_act else "identity",
-                     name="mlp2", **common)(x, train)
+    act = self.activation if self.last_act else "identity"
+    if self.last_bias:  # ConvBNAct's convolution without BN, another bias
+      if last_bn:
+        raise ValueError("last_bias needs a third layer without BatchNorm")
+      return ConvAct(self.features[2], _kernel_init(stds[2]),
+                     nn.initializers.constant(self.last_bias), act,
+                     self.dtype, name="mlp2")(x)
+    return ConvBNAct(self.features[2], (1, 1), batch_norm=last_bn, act=act,
+                     kernel_init=_kernel_init(stds[2]), name="mlp2",
+                     **common)(x, train)
+
+
+class ConvAct(nn.Module):
+  """A 1x1 convolution with a bias initialiser, then the activation: the
+  parameters (Conv_0/kernel, Conv_0/bias) and output of
+  ConvBNAct(batch_norm=False), which starts every bias at 0."""
+  features: int
+  kernel_init: Callable
+  bias_init: Callable
+  act: str = "relu"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nn.Conv(self.features, (1, 1), kernel_init=self.kernel_init,
+                bias_init=self.bias_init, dtype=self.dtype)(x)
+    return activation(self.act)(x)
 
 
 class NiN(nn.Module):
@@ -70,6 +125,21 @@ class NiN(nn.Module):
   `class_map_activation=True` keeps the authors' ReLU on the class maps
   before the average; with batch_norm=True the other convolutions are
   conv-BN-activation.
+
+  `weight_init="paper"`: the authors' released Caffe models' N(0, std)
+  weights (PAPER_STDS: 0.05 in every CIFAR layer; 0.01 in conv1, conv3 and
+  cccp8 of the ImageNet net, 0.05 elsewhere) and zero biases; "he"
+  (default): He-normal weights, zero biases.
+
+  `class_map_bias`: the starting bias of the last convolution (the class
+  maps; cccp6 in the CIFAR net), 0 in the authors' models. Without
+  BatchNorm a ReLU'd class map that is negative everywhere gets no gradient
+  again: with "he" a large first step kills them, with "paper" the logits
+  start near 0 and the biases' drift kills them on the plateau at
+  ln(num_classes) (the authors slowed that layer: a tenth of the rate). A
+  positive start (1.0, as Krizhevsky et al. 2012 start ReLU layers' biases,
+  for the same reason) keeps them alive; softmax ignores the shared offset.
+  It needs class maps with a bias (not batch-normalised).
   """
   num_classes: int = 10
   variant: str = "cifar"
@@ -77,12 +147,24 @@ class NiN(nn.Module):
   activation: str = "relu"
   dropout_rate: float = 0.5
   class_map_activation: bool = True
+  weight_init: str = "he"
+  class_map_bias: float = 0.0
   dtype: Any = jnp.float32
   axis_name: str | None = None
 
   def __post_init__(self):
     check_choice("variant", self.variant, tuple(TABLES))
+    check_choice("weight_init", self.weight_init, ("he", "paper"))
     check_rate("dropout_rate", self.dropout_rate)
+    if (isinstance(self.class_map_bias, bool)
+        or not isinstance(self.class_map_bias, (int, float))):
+      raise ValueError(f"class_map_bias={self.class_map_bias!r} is not "
+                       "valid; choose a number, e.g. 1.0")
+    if self.class_map_bias and self.batch_norm and self.class_map_activation:
+      raise ValueError(
+          f"class_map_bias={self.class_map_bias!r} is not valid with "
+          "batch_norm=True: the batch-normalised class maps have no bias; "
+          "set class_map_bias=0")
     activation(self.activation)
     super().__post_init__()
 
@@ -93,9 +175,13 @@ class NiN(nn.Module):
     for i, (k, stride, pad, maps, pool, dropout) in enumerate(table, 1):
       last = i == len(table)
       maps = tuple(m or self.num_classes for m in maps)
+      stds = (PAPER_STDS[self.variant][i - 1]
+              if self.weight_init == "paper" else None)
       x = MlpConv(maps, k, stride, pad, self.batch_norm, self.activation,
                   self.class_map_activation or not last, self.dtype,
-                  self.axis_name, name=f"mlpconv{i}")(x, train)
+                  self.axis_name, stds,
+                  float(self.class_map_bias) if last else 0.0,
+                  name=f"mlpconv{i}")(x, train)
       if pool is not None:
         x = caffe_pool(x, *pool)
       if dropout:

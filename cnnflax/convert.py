@@ -537,18 +537,30 @@ def optimizer(config: ml_collections.ConfigDict):
 LEAF_MODULES = (nn.Conv, nn.Dense, nn.BatchNorm, layers.Conv, norm.BatchNorm)
 
 
+class Trace(NamedTuple):
+  """What one abstract pass of the training-mode network shows."""
+  order: tuple[Path, ...]  # convs, linear layers, BatchNorms in call order
+  variables: dict  # abstract {"params", "batch_stats"}
+  calls: dict  # top-level submodule -> (unbound copy, its abstract args)
+
+
 @functools.lru_cache(maxsize=4)
-def layers_in_order(model: nn.Module, image_shape: tuple[int, int, int]
-                    ) -> tuple[tuple[Path, ...], dict]:
-  """Paths of the convolutions, linear layers and BatchNorms in the order the
-  training-mode network calls them, and its abstract variables (kept for
-  `load` after `convert` in one process: tracing a deep net takes seconds)."""
+def trace(model: nn.Module, image_shape: tuple[int, int, int]) -> Trace:
+  """The training-mode network's layers in call order, its abstract
+  variables and how it calls each top-level submodule (to initialise one
+  alone). Kept for `load` after `convert` in one process: tracing a deep
+  net takes seconds."""
   order: dict[Path, None] = {}
+  calls: dict[str, tuple] = {}
 
   def record(next_fun, args, kwargs, context):
-    if (context.method_name == "__call__"
-        and isinstance(context.module, LEAF_MODULES)):
-      order.setdefault(tuple(context.module.path), None)
+    path = tuple(context.module.path)
+    if context.method_name == "__call__":
+      if isinstance(context.module, LEAF_MODULES):
+        order.setdefault(path, None)
+      if len(path) == 1 and path[0] not in calls:
+        calls[path[0]] = (context.module.clone(parent=None, name=None),
+                          jax.tree.map(_abstract, (args, kwargs)))
     return next_fun(*args, **kwargs)
 
   key = jax.random.key(0)
@@ -556,7 +568,23 @@ def layers_in_order(model: nn.Module, image_shape: tuple[int, int, int]
   with nn.intercept_methods(record):
     variables = jax.eval_shape(lambda: model.clone(axis_name=None).init(
         {"params": key, "dropout": key}, x, train=True))
-  return tuple(order), variables
+  return Trace(tuple(order), variables, calls)
+
+
+def _abstract(a):
+  return jax.ShapeDtypeStruct(a.shape, a.dtype) if hasattr(a, "shape") else a
+
+
+def init_alone(module: nn.Module, abstract_args: tuple, seed: int = 0
+               ) -> dict:
+  """Fresh variables of one submodule, compiled alone (the whole network's
+  initialiser takes XLA minutes to compile on a CPU)."""
+  args, kwargs = jax.tree.map(
+      lambda a: jnp.zeros(a.shape, a.dtype)
+      if isinstance(a, jax.ShapeDtypeStruct) else a, abstract_args)
+  key = jax.random.key(seed)
+  return jax.device_get(jax.jit(lambda key: module.init(
+      {"params": key, "dropout": key}, *args, **kwargs))(key))
 
 
 def _get(tree: dict, path: Path) -> dict:
@@ -678,8 +706,8 @@ def convert_variables(spec: Source, model: nn.Module,
                       ) -> tuple[dict, list[str]]:
   """cnnflax variables {"params", "batch_stats"} from the state dict, and
   the training-only heads that the file left out (freshly initialised)."""
-  order, abstract = layers_in_order(model.clone(axis_name=None),
-                                    tuple(image_shape))
+  seen = trace(model.clone(axis_name=None), tuple(image_shape))
+  order, abstract = seen.order, seen.variables
   refs = spec.names(model, list(order))
   filler = Filler(tensors, label)
   params, stats, fresh = {}, {}, []
@@ -696,24 +724,11 @@ def convert_variables(spec: Source, model: nn.Module,
   variables = {"params": params}
   if "batch_stats" in abstract:
     variables["batch_stats"] = stats
-  if fresh:  # training-only heads the file does not have: initialised
-    init = jax.jit(lambda key: model.clone(axis_name=None).init(
-        {"params": key, "dropout": key},
-        jnp.zeros((1, *image_shape), jnp.float32), train=True))(
-            jax.random.key(0))
-    variables = _fill_missing(variables, jax.device_get(init))
-  return variables, _heads(fresh)
-
-
-def _fill_missing(ours: dict, init: dict) -> dict:
-  if not isinstance(init, dict):
-    return ours
-  return {k: _fill_missing(ours[k], v) if k in ours else v
-          for k, v in init.items()}
-
-
-def _heads(fresh: list[str]) -> list[str]:
-  return list(dict.fromkeys(p.split("/")[0] for p in fresh))
+  heads = list(dict.fromkeys(p.split("/")[0] for p in fresh))
+  for head in heads:  # training-only heads the file does not have
+    for collection, tree in init_alone(*seen.calls[head]).items():
+      variables.setdefault(collection, {})[head] = tree
+  return variables, heads
 
 
 # --- the workdir --------------------------------------------------------------
@@ -774,7 +789,7 @@ def load(workdir: str) -> tuple[nn.Module, dict, ml_collections.ConfigDict]:
   from cnnflax import train
   model = train.build_model(config, None)
   image_shape = tuple(data.image_shape(config.dataset))
-  _, variables = layers_in_order(model, image_shape)
+  variables = trace(model, image_shape).variables
   abstract = jax.eval_shape(lambda: step_lib.init_state(
       _Known(variables), optimizer(config), image_shape, config.seed))
   template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)

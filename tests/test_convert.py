@@ -320,6 +320,22 @@ def test_the_lesion_experiment_restores_an_import(resnet18_weights, tmp_path,
   jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
+def test_auxiliary_heads_missing_from_the_file_start_fresh(tmp_path):
+  # torchvision drops GoogLeNet's training-only heads when asked; the
+  # checkpoint still has the heads a training run restores.
+  model = torchvision.models.googlenet(weights=None, aux_logits=False,
+                                      init_weights=False)
+  weights = save_weights(model, tmp_path / "googlenet.pth")
+  result = convert.convert("torchvision:googlenet", weights,
+                           str(tmp_path / "run"))
+  assert result["fresh_heads"] == ["aux_4a", "aux_4d"]
+  _, variables, _ = convert.load(str(tmp_path / "run"))
+  assert {"aux_4a", "aux_4d"} <= set(variables["params"])
+  with_heads = sum(p.numel() for p in torchvision.models.googlenet(
+      weights=None, aux_logits=True, init_weights=False).parameters())
+  assert result["params"] == with_heads
+
+
 def test_googlenet_import_fields_give_torchvisions_count():
   # The released graph's 3x3 "5x5" branch: torchvision's 6,624,904
   # parameters without the auxiliary heads.

@@ -554,8 +554,9 @@ def trace(model: nn.Module, image_shape: tuple[int, int, int]) -> Trace:
   calls: dict[str, tuple] = {}
 
   def record(next_fun, args, kwargs, context):
-    path = tuple(context.module.path)
-    if context.method_name == "__call__":
+    # Only calls of bound modules: a clone below runs its checks unbound.
+    if context.method_name == "__call__" and context.module.scope:
+      path = tuple(context.module.path)
       if isinstance(context.module, LEAF_MODULES):
         order.setdefault(path, None)
       if len(path) == 1 and path[0] not in calls:

@@ -516,12 +516,9 @@ def run_identity(config: ml_collections.ConfigDict) -> dict:
   data.num_classes, as train.Run's checks agree)."""
   from cnnflax import train
   axis = step_lib.AXIS if config.batch_norm_sync else None
-  run = types.SimpleNamespace(
-      model=train.build_model(config, axis),
-      dataset=types.SimpleNamespace(
-          image_shape=data.image_shape(config.dataset),
-          num_classes=data.num_classes(config.dataset)))
-  return train.run_identity(config, run)
+  return train.run_identity(config, train.build_model(config, axis),
+                            data.image_shape(config.dataset),
+                            data.num_classes(config.dataset))
 
 
 def optimizer(config: ml_collections.ConfigDict):
@@ -796,7 +793,8 @@ def load(workdir: str) -> tuple[nn.Module, dict, ml_collections.ConfigDict]:
   template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
   ckpts = checkpoint.Checkpoints(paths.path(workdir) / "checkpoints",
                                  config.checkpoints_to_keep,
-                                 run_identity(config), background=False)
+                                 run_identity(config), background=False,
+                                 read_only=True)  # a run may be saving
   try:
     state, _ = ckpts.restore(template)
   finally:

@@ -168,7 +168,9 @@ class Run:
     """The workdir's checkpoints, refusing those of another run."""
     return checkpoint.Checkpoints(
         paths.path(self.workdir) / "checkpoints",
-        self.config.checkpoints_to_keep, run_identity(self.config, self),
+        self.config.checkpoints_to_keep,
+        run_identity(self.config, self.model, self.dataset.image_shape,
+                     self.dataset.num_classes),
         background=self.config.checkpoint_async, read_only=read_only)
 
   def eval_batches(self, limit: int | None = None
@@ -365,15 +367,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   return results
 
 
-def run_identity(config: ml_collections.ConfigDict, run: Run) -> dict:
+def run_identity(config: ml_collections.ConfigDict, model,
+                 image_shape: tuple[int, ...], num_classes: int) -> dict:
   """What a checkpoint must share with the run that resumes it."""
-  fields = {f: getattr(run.model, f) for f in models.module_fields(
-      type(run.model)) if f not in ("dtype", "axis_name")}
+  fields = {f: getattr(model, f) for f in models.module_fields(
+      type(model)) if f not in ("dtype", "axis_name")}
   fields["name"] = config.model.name
-  model = json.loads(json.dumps(fields, sort_keys=True, default=str))
-  return {"model": model, "dataset": config.dataset.name,
-          "image_shape": list(run.dataset.image_shape),
-          "num_classes": run.dataset.num_classes}
+  model_fields = json.loads(json.dumps(fields, sort_keys=True, default=str))
+  return {"model": model_fields, "dataset": config.dataset.name,
+          "image_shape": list(image_shape), "num_classes": num_classes}
 
 
 METRIC_SUMS = ("loss", "top1", "top5", "count")

@@ -196,46 +196,84 @@ class Run:
 def prefetch(items: Iterable, size: int) -> Iterator:
   """Runs `items` in a thread, `size` ahead, so that host work and transfers
   overlap the running step. The thread starts now (a grain pipeline's
-  workers start while the step compiles). Closing the returned generator
-  stops the thread and closes `items` (a grain pipeline's workers end)."""
+  workers start while the step compiles). Closing the result stops the
+  thread and closes `items` (a grain pipeline's workers end)."""
   if size <= 0:
-    return (item for item in items)
-  q: queue.Queue = queue.Queue(maxsize=size)
-  done, stop = object(), threading.Event()
+    return _Closing(items)
+  return _Prefetch(items, size)
 
-  def put(item) -> bool:
-    while not stop.is_set():
+
+class _Closing:
+  """`items` as an iterator whose close() closes them."""
+
+  def __init__(self, items: Iterable):
+    self.items = items
+    self.iterator = iter(items)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    return next(self.iterator)
+
+  def close(self) -> None:
+    for obj in (self.iterator, self.items):
+      if hasattr(obj, "close"):
+        obj.close()
+
+
+class _Prefetch:
+  """The thread behind `prefetch`; errors are re-raised in the consumer."""
+  _DONE = object()
+
+  def __init__(self, items: Iterable, size: int):
+    self.items = items
+    self.queue: queue.Queue = queue.Queue(maxsize=size)
+    self.stop = threading.Event()
+    self.thread = threading.Thread(target=self._work, daemon=True)
+    self.thread.start()
+
+  def _put(self, item) -> bool:
+    while not self.stop.is_set():
       try:
-        q.put(item, timeout=0.1)
+        self.queue.put(item, timeout=0.1)
         return True
       except queue.Full:
         pass
     return False
 
-  def work():
+  def _work(self) -> None:
     try:
-      for item in items:
-        if not put(item):
+      for item in self.items:
+        if not self._put(item):
           break
-      put(done)
-    except BaseException as e:  # re-raised in the consumer
-      put(e)
+      self._put(self._DONE)
+    except BaseException as e:
+      self._put(e)
     finally:
-      if hasattr(items, "close"):
-        items.close()
+      if hasattr(self.items, "close"):
+        self.items.close()
 
-  threading.Thread(target=work, daemon=True).start()
-  return _drain(q, done, stop)
+  def __iter__(self):
+    return self
 
+  def __next__(self):
+    item = self.queue.get()
+    if item is self._DONE:
+      self.queue.put(item)  # later calls stop too
+      raise StopIteration
+    if isinstance(item, BaseException):
+      raise item
+    return item
 
-def _drain(q: queue.Queue, done, stop: threading.Event) -> Iterator:
-  try:
-    while (item := q.get()) is not done:
-      if isinstance(item, BaseException):
-        raise item
-      yield item
-  finally:
-    stop.set()
+  def close(self) -> None:
+    self.stop.set()
+    # A daemon thread still inside jax's C++ when the interpreter exits is
+    # unwound there, which aborts the process (seen after a preemption's
+    # save): let it finish the batch in hand.
+    self.thread.join(timeout=60)
+    if self.thread.is_alive():
+      logging.warning("the input thread did not stop within 60 s")
 
 
 class Writer:
@@ -310,10 +348,14 @@ def summarize(sums: dict[str, np.ndarray]) -> dict[str, float]:
 def evaluate(run: Run, eval_fn, state, test_arrays) -> dict[str, float]:
   """Every test example exactly once (padded, masked); one host sync."""
   total = None
-  for batch in prefetch((run.devices.shard(b) for b in run.eval_batches()),
-                        run.config.dataset.prefetch):
-    sums = run.devices.first(eval_fn(state, test_arrays, batch))
-    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+  batches = prefetch((run.devices.shard(b) for b in run.eval_batches()),
+                     run.config.dataset.prefetch)
+  try:
+    for batch in batches:
+      sums = run.devices.first(eval_fn(state, test_arrays, batch))
+      total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+  finally:
+    batches.close()
   return summarize(jax.device_get(total))
 
 
@@ -352,7 +394,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     logging.info("reading %s and %s with %d grain workers",
                  run.dataset.train.where, run.dataset.test.where, run.workers)
   loop = Loop(run, ckpts, writer, meta)
-  final = loop.train(host_state)
+  try:
+    final = loop.train(host_state)
+  except BaseException:  # e.g. preempted: the events so far still land
+    writer.close()
+    raise
   results = {"test_top1_acc": final["top1_acc"],
              "test_top5_acc": final["top5_acc"], "test_loss": final["loss"],
              "steps": run.num_steps, "params": params,

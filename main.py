@@ -6,14 +6,13 @@
 import sys
 
 if __name__ == "__main__":  # before jax loads: nothing before it survives
-  from cnnflax import allocator
-  allocator.use_fast()
+  from cnnflax import backend
+  backend.start()
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-import cnnflax  # noqa: F401  (sets fast XLA defaults before jax starts)
-from cnnflax import allocator, train
+from cnnflax import train
 from cnnflax.errors import CnnflaxError, Stopped
 
 FLAGS = flags.FLAGS
@@ -27,7 +26,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.info("memory allocator: %s", allocator.describe())
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except Stopped as e:  # preempted or interrupted: resumable, not an error

@@ -24,13 +24,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 if __name__ == "__main__":  # before jax loads: nothing before it survives
-  from cnnflax import allocator
-  allocator.use_fast()
+  from cnnflax import backend
+  backend.start()
 
 import jax
 from absl import app, flags
 
-import cnnflax  # noqa: F401  (fast XLA defaults)
 from cnnflax import checkpoint, data, paths, train
 from cnnflax.benchmark import synthetic_like
 

@@ -19,12 +19,13 @@ synthetic batch; CIFAR 32x32 batch 128, ResNet-50 224x224 batch 16) in
   cnnflax_fp32  the real cnnflax train step (python -m cnnflax.benchmark)
   cnnflax_bf16  the same with config.half_precision=True
   cnnflax_fp32_xla_conv  cnnflax_fp32 with XLA's own convolutions
-                (CNNFLAX_NATIVE_CONV=0) instead of oneDNN's (cnnflax.native)
+                (--config.backend.conv=xla) instead of oneDNN's
+                (cnnflax/backend/native)
   cnnflax_fp32_autodiff_bn  cnnflax_fp32 with BatchNorm differentiated by
-                autodiff (CNNFLAX_BN_VJP=0) instead of by its hand-written
-                VJP (cnnflax/models/norm.py)
+                autodiff (--config.backend.batch_norm=autodiff) instead of
+                by its hand-written VJP (cnnflax/models/norm.py)
   cnnflax_fp32_system_malloc  cnnflax_fp32 with the C library's malloc
-                (CNNFLAX_ALLOCATOR=system)
+                (--config.backend.allocator=system)
 
 each the median of --trials runs of --steps steps, after one compilation and
 --warmup untimed steps (with --rounds=R: of all trials of R such processes
@@ -71,14 +72,14 @@ MODES = {"torch_fp32": "PyTorch fp32 CL",
          "cnnflax_fp32_xla_conv": "cnnflax fp32, XLA convs",
          "cnnflax_fp32_autodiff_bn": "cnnflax fp32, autodiff BN",
          "cnnflax_fp32_system_malloc": "cnnflax fp32, C library malloc"}
-# The ablations: what each changes in cnnflax_fp32's environment, and the
-# column of cnnflax_fp32's speed-up over it.
+# The ablations: what each changes in cnnflax_fp32's config (its backend
+# section), and the column of cnnflax_fp32's speed-up over it.
 ABLATIONS = {
-    "cnnflax_fp32_xla_conv": ({"CNNFLAX_NATIVE_CONV": "0"},
+    "cnnflax_fp32_xla_conv": ("--config.backend.conv=xla",
                               "oneDNN convs / XLA convs"),
-    "cnnflax_fp32_autodiff_bn": ({"CNNFLAX_BN_VJP": "0"},
+    "cnnflax_fp32_autodiff_bn": ("--config.backend.batch_norm=autodiff",
                                  "BN VJP / autodiff BN"),
-    "cnnflax_fp32_system_malloc": ({"CNNFLAX_ALLOCATOR": "system"},
+    "cnnflax_fp32_system_malloc": ("--config.backend.allocator=system",
                                    "cnnflax allocator / C library malloc")}
 # The head-to-head ratios: (numerator mode, denominator mode).
 RATIOS = (("cnnflax_fp32", "torch_fp32"),
@@ -248,7 +249,9 @@ def torch_matmul_worker(n: int, threads: int) -> dict:
 
 def xla_matmul_worker(n: int) -> dict:
   repo_on_path()
-  import cnnflax  # noqa: F401  (the XLA flags that cnnflax trains with)
+  from cnnflax import backend  # the XLA flags that cnnflax trains with
+  os.environ["XLA_FLAGS"] = backend.with_xla_defaults(
+      os.environ.get("XLA_FLAGS", ""))
   import jax
   import jax.numpy as jnp
   matmul = jax.jit(jnp.matmul)
@@ -282,9 +285,10 @@ def worker_command(name: str, mode: str) -> list[str]:
     return [SCRIPT, "--worker=torch", f"--model={name}", f"--bf16={bf16}",
             f"--compile={'compile' in mode}",
             f"--torch_threads={FLAGS.torch_threads}", *timing]
+  ablation = [ABLATIONS[mode][0]] if mode in ABLATIONS else []
   return ["-m", "cnnflax.benchmark", f"--config={spec.config}",
           f"--config.batch_size={spec.batch_size}",
-          f"--config.half_precision={bf16}", *timing]
+          f"--config.half_precision={bf16}", *ablation, *timing]
 
 
 def count_command(name: str) -> list[str]:
@@ -294,13 +298,12 @@ def count_command(name: str) -> list[str]:
 def worker_env(mode: str) -> dict[str, str]:
   """The mode's environment; ValueError where it cannot be had (no
   tcmalloc for torch_fp32_tcmalloc)."""
+  extra = {}
   if mode.startswith("torch") and mode.endswith("_tcmalloc"):
     repo_on_path()
-    from cnnflax import allocator
+    from cnnflax.backend import allocator
     extra = allocator.plan({allocator.ENV: "tcmalloc"},
                            allocator.find_tcmalloc, lambda: False)
-  else:
-    extra = ABLATIONS.get(mode, ({}, ""))[0]
   return {**os.environ, **extra}
 
 

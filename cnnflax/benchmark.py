@@ -9,7 +9,7 @@ end; with --trials=N the median of N such runs of the one compiled step, all
 N in images_per_sec_trials), step_ms median/min/max (each step synced),
 compile_s (XLA compilation of the train step), trace_s (tracing and
 lowering it), init_s (jitted initialisation, compile included), devices,
-batch_size, allocator (the process's malloc: see cnnflax.allocator), peak
+batch_size, allocator (the process's malloc: see cnnflax/backend/allocator.py), peak
 memory where the backend reports it, and `memory`: XLA's account of the
 compiled step's buffers in bytes (temp: activations and other scratch;
 argument, output, alias: state and batch in, state out, and what is updated
@@ -32,16 +32,16 @@ import tempfile
 import time
 
 if __name__ == "__main__":  # before jax loads: nothing before it survives
-  from cnnflax import allocator
-  allocator.use_fast()
+  from cnnflax import backend
+  backend.start()
 
 import jax
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-import cnnflax  # noqa: F401  (fast XLA defaults)
-from cnnflax import allocator, data, train
+from cnnflax import data, train
+from cnnflax.backend import allocator
 from cnnflax.data import imagenet_like
 from cnnflax.errors import ConfigError
 
@@ -98,7 +98,7 @@ def benchmark(config: ml_collections.ConfigDict, steps: int,
   compile_s = time.perf_counter() - start - trace_s
   result = {"model": config.model.name, "compile_s": round(compile_s, 2),
             "trace_s": round(trace_s, 2), "init_s": round(init_s, 2),
-            "devices": run.devices.count, "backend": jax.default_backend(),
+            "devices": run.devices.count, "backend": run.backend.record(),
             "batch_size": config.batch_size,
             "half_precision": config.half_precision,
             "allocator": allocator.describe(),

@@ -104,8 +104,11 @@ class Checkpoints:
       if key not in meta or meta[key] == want:
         continue
       if isinstance(want, dict) and isinstance(meta[key], dict):
-        diff = [k for k in sorted({*want, *meta[key]})
-                if want.get(k) != meta[key].get(k)]
+        # A field the model no longer has (e.g. conv_impl, now a backend
+        # choice) cannot make the checkpoint another network's.
+        diff = [k for k in sorted(want) if want.get(k) != meta[key].get(k)]
+        if not diff:
+          continue
         if "name" in diff:  # another model: its fields differ anyway
           diff = ["name"]
         had = ", ".join(f"config.{key}.{k}={meta[key].get(k)!r}"

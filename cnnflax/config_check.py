@@ -12,6 +12,7 @@ from typing import Any, Callable
 import ml_collections
 
 from cnnflax import data, models
+from cnnflax.backend import allocator, kernels
 from cnnflax.errors import ConfigError
 
 Rule = Callable[[str, Any], None]
@@ -83,6 +84,13 @@ FIELDS: dict[str, Rule] = {
     "dataset.train_crop": choice("random_resized", "scale", "square"),
     "dataset.scale_range": numbers,
     "dataset.pca_noise": number(0),
+    "backend.platform": text,  # a comma list: backend.parse_platforms
+    "backend.conv": choice("auto", *kernels.CONV),
+    "backend.scanned_conv": choice("auto", *kernels.CONV),
+    "backend.depthwise": choice("auto", *kernels.DEPTHWISE),
+    "backend.batch_norm": choice("auto", *kernels.BATCH_NORM),
+    "backend.allocator": choice(*allocator.CHOICES),
+    "backend.xla_defaults": boolean,
     "batch_size": POSITIVE_INT,
     "eval_batch_size": POSITIVE_INT,
     "num_epochs": number(),

@@ -35,8 +35,8 @@ import types
 from typing import Any, Callable, NamedTuple
 
 if __name__ == "__main__":  # before jax loads: nothing before it survives
-  from cnnflax import allocator
-  allocator.use_fast()
+  from cnnflax import backend
+  backend.start()
 
 import flax.linen as nn
 import jax
@@ -782,9 +782,8 @@ def load(workdir: str) -> tuple[nn.Module, dict, ml_collections.ConfigDict]:
   """(model, {"params", "batch_stats"}, config) of a workdir's newest
   checkpoint, without its dataset: the evaluation model of an import (or of
   any ImageNet run)."""
-  config = ml_collections.ConfigDict(json.loads(
-      (paths.path(workdir) / "config.json").read_text()))
   from cnnflax import train
+  config = train.saved_config(workdir)
   model = train.build_model(config, None)
   image_shape = tuple(data.image_shape(config.dataset))
   variables = trace(model, image_shape).variables

@@ -62,8 +62,8 @@ import time
 from typing import Any, Callable, Iterator, Sequence
 
 if __name__ == "__main__":  # before jax loads: nothing before it survives
-  from cnnflax import allocator
-  allocator.use_fast()
+  from cnnflax import backend
+  backend.start()
 
 import jax
 import jax.numpy as jnp
@@ -72,7 +72,6 @@ import numpy as np
 from absl import app, flags, logging
 from jax import lax
 
-import cnnflax  # noqa: F401  (fast XLA defaults)
 from cnnflax import data, paths, train
 from cnnflax import step as step_lib
 from cnnflax.data import stream
@@ -103,42 +102,12 @@ class Options:
 # --- workdirs ----------------------------------------------------------------
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The workdir's config.json. Fields that did not exist when it was written
-  take configs/default.py's value where that file can be imported."""
-  where = paths.path(workdir) / "config.json"
-  if not where.exists():
-    raise ConfigError(f"--workdir={workdir} holds no config.json; give a "
-                      "folder that main.py (or the weight converter) wrote")
-  try:
-    saved = json.loads(where.read_text())
-  except ValueError as e:
-    raise ConfigError(f"{where} is not valid JSON ({e}); restore it from "
-                      "the run's config") from None
-  try:
-    from configs import default  # the repository root, as main.py runs
-    saved = _fill(default.get_config().to_dict(), saved)
-  except ImportError:
-    pass
-  return ml_collections.ConfigDict(saved)
-
-
-def _fill(defaults: dict, saved: dict) -> dict:
-  out = dict(saved)
-  for key, value in defaults.items():
-    if key not in out:
-      out[key] = value
-    elif isinstance(value, dict) and isinstance(out[key], dict):
-      out[key] = _fill(value, out[key])
-  return out
-
-
 class Member:
   """One workdir: its run (model, data, devices), the chosen split and step."""
 
   def __init__(self, workdir: str, options: Options, devices=None):
     self.workdir = workdir
-    config = load_config(workdir)
+    config = train.saved_config(workdir)
     if options.data_dir:
       config.dataset.data_dir = options.data_dir
     if options.workers >= 0:

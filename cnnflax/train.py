@@ -16,20 +16,72 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cnnflax import checkpoint, data, models, optim, paths
+from cnnflax import backend, checkpoint, data, models, optim, paths
 from cnnflax import step as step_lib
 from cnnflax.config_check import check_config, check_schedule
 from cnnflax.data import stream
+from cnnflax.backend.kernels import Kernels
 from cnnflax.errors import ConfigError, NumericalError, Stopped
 
 
-def build_model(config: ml_collections.ConfigDict, axis_name: str | None):
-  """The configured model; `config.model` holds its name and fields."""
+def build_model(config: ml_collections.ConfigDict, axis_name: str | None,
+                kernels: Kernels | None = None):
+  """The configured model; `config.model` holds its name and fields, and
+  `kernels` (default: config.backend's for its platforms) how its layers
+  compute."""
   fields = {k: v for k, v in config.model.items() if k != "name"}
   fields.setdefault("num_classes", data.num_classes(config.dataset))
   dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+  module = models.model_info(config.model.name).module
+  if "kernels" in models.module_fields(module):
+    fields["kernels"] = kernels or resolve_backend(config, False).kernels
   return models.get_model(config.model.name, dtype=dtype, axis_name=axis_name,
                           **fields)
+
+
+def resolve_backend(config: ml_collections.ConfigDict,
+                    check_process: bool = True) -> backend.Backend:
+  """config.backend resolved (backend.resolve); a bad value is a
+  ConfigError naming the field."""
+  try:
+    return backend.resolve(config.backend, check_process)
+  except ValueError as e:
+    raise ConfigError(f"config.{e}") from None
+
+
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir's config.json records, to evaluate or import into.
+  Fields that did not exist when it was written take configs/default.py's
+  value where that file can be imported. Its `backend` records what ran
+  there; the reader resolves its own (the same function, maybe another
+  machine)."""
+  where = paths.path(workdir) / "config.json"
+  if not where.exists():
+    raise ConfigError(f"--workdir={workdir} holds no config.json; give a "
+                      "folder that main.py (or the weight converter) wrote")
+  try:
+    saved = json.loads(where.read_text())
+  except ValueError as e:
+    raise ConfigError(f"{where} is not valid JSON ({e}); restore it from "
+                      "the run's config") from None
+  saved.pop("backend", None)
+  try:
+    from configs import default  # the repository root, as main.py runs
+  except ImportError as e:
+    raise ConfigError(f"reading {where} needs the repository's configs/ "
+                      f"({e}); run from the repository root") from None
+  return ml_collections.ConfigDict(_fill(default.get_config().to_dict(),
+                                         saved))
+
+
+def _fill(defaults: dict, saved: dict) -> dict:
+  out = dict(saved)
+  for key, value in defaults.items():
+    if key not in out:
+      out[key] = value
+    elif isinstance(value, dict) and isinstance(out[key], dict):
+      out[key] = _fill(value, out[key])
+  return out
 
 
 def check_classes(config: ml_collections.ConfigDict, model,
@@ -53,8 +105,10 @@ class Run:
     check_config(config)
     self.config = config
     self.workdir = workdir
+    self.backend = resolve_backend(config)  # before jax starts its backend
     axis = step_lib.AXIS if config.batch_norm_sync else None
-    self.model = build_model(config, axis)  # validates the model's fields
+    # validates the model's fields
+    self.model = build_model(config, axis, self.backend.kernels)
     self.dataset = data.load(config.dataset)
     check_classes(config, self.model, self.dataset.num_classes)
     self.devices = step_lib.Devices(config.parallelism, devices)
@@ -386,7 +440,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     logging.info("Resumed from %s at step %d", ckpts.directory,
                  int(host_state.step))
   writer = Writer(workdir, int(host_state.step))
-  writer.write_json("config.json", config.to_dict())
+  writer.write_json("config.json", {**config.to_dict(),
+                                    "backend": run.backend.record()})
+  logging.info("backend: %s", json.dumps(run.backend.record()))
   logging.info("%s: %s parameters, %d steps (%d per epoch), %d devices",
                config.model.name, f"{params:,}", run.num_steps,
                run.steps_per_epoch, run.devices.count)
@@ -417,7 +473,7 @@ def run_identity(config: ml_collections.ConfigDict, model,
                  image_shape: tuple[int, ...], num_classes: int) -> dict:
   """What a checkpoint must share with the run that resumes it."""
   fields = {f: getattr(model, f) for f in models.module_fields(
-      type(model)) if f not in ("dtype", "axis_name")}
+      type(model)) if f not in ("dtype", "axis_name", "kernels")}
   fields["name"] = config.model.name
   model_fields = json.loads(json.dumps(fields, sort_keys=True, default=str))
   return {"model": model_fields, "dataset": config.dataset.name,

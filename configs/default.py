@@ -7,6 +7,8 @@ test accuracy in well under a minute:
 
 Every other config imports this one and overrides what its paper sets.
 """
+import os
+
 import ml_collections
 
 
@@ -45,6 +47,18 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset.train_crop = "random_resized"
   c.dataset.scale_range = (256, 512)
   c.dataset.pca_noise = 0.0  # AlexNet's PCA colour noise std (paper: 0.1)
+
+  # How the network is computed, never what: cnnflax/backend/__init__.py.
+  # config.json records the resolved values.
+  c.backend = ml_collections.ConfigDict()
+  c.backend.platform = "auto"  # auto | cpu | cuda | rocm | tpu | cuda,tpu
+  c.backend.conv = "auto"  # auto | onednn | xla | matmul
+  c.backend.scanned_conv = "auto"  # the same, inside scanned stages
+  c.backend.depthwise = "auto"  # auto | matmul | xla
+  c.backend.batch_norm = "auto"  # auto | vjp | autodiff
+  # Chosen when the process starts: give it on the command line.
+  c.backend.allocator = os.environ.get("CNNFLAX_ALLOCATOR", "auto")
+  c.backend.xla_defaults = os.environ.get("CNNFLAX_XLA_DEFAULTS", "1") != "0"
 
   c.batch_size = 64  # global, over all devices and hosts
   c.eval_batch_size = 500

@@ -54,8 +54,9 @@ def parse(arg: str) -> tuple[bool, int, int, set]:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   bc, depth, k, flags = parse(arg or "bc,100,12")
   c = default.get_config()
-  # Unlisted depths and growth rates are fields of the nearest listed net.
-  c.model.name = MODELS.get((bc, depth, k), MODELS[(bc, 100, 12)])
+  # The paper's nets by their registered names; others as their family.
+  c.model.name = MODELS.get((bc, depth, k),
+                            "densenet_bc_cifar" if bc else "densenet_cifar")
   c.model.depth = depth
   c.model.growth_rate = k
   default.cifar10(c)

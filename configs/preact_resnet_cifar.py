@@ -12,6 +12,7 @@ warm up at 0.01 for 400 iterations.
 """
 import ml_collections
 
+from cnnflax import models
 from configs import default
 from configs.resnet_cifar import cifar_recipe
 
@@ -19,8 +20,15 @@ from configs.resnet_cifar import cifar_recipe
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   depth = int(arg or 164)
   c = default.get_config()
-  c.model.name = ("preact_resnet110_cifar" if depth % 6 == 2 and depth < 164
-                  else "preact_resnet164_cifar")
+  # The paper's depths by their registered names; others as the family
+  # with basic (6n+2 below 164, as ResNet-110) or bottleneck blocks.
+  registered = f"preact_resnet{depth}_cifar"
+  if registered in models.list_models():
+    c.model.name = registered
+  else:
+    c.model.name = "preact_resnet_cifar"
+    c.model.block = ("basic" if depth % 6 == 2 and depth < 164
+                     else "bottleneck")
   c.model.depth = depth
   cifar_recipe(c)
   if depth in (110, 1001):

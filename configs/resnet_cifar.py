@@ -19,8 +19,9 @@ from configs import default
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   depth = int(arg or 20)
   c = default.get_config()
+  # The paper's depths by their registered names; any other 6n+2 as such.
   c.model.name = f"resnet{depth}_cifar" if depth in (
-      20, 32, 44, 56, 110, 1202) else "resnet20_cifar"
+      20, 32, 44, 56, 110, 1202) else "resnet_cifar"
   c.model.depth = depth
   cifar_recipe(c)
   if depth >= 110:

@@ -24,17 +24,16 @@ import json
 import sys
 
 if __name__ == "__main__":  # before jax loads: see cnnflax/allocator.py
-  from cnnflax import allocator
-  allocator.use_fast()
+  from cnnflax import backend
+  backend.start()
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
 import sweep
 import table1_resnet_cifar
-from cnnflax import paths
+from cnnflax import lesion, paths
 
 FLAGS = flags.FLAGS
 
@@ -84,43 +83,7 @@ def random_order(model, swaps: int, rng: np.random.Generator) -> list[int]:
   return order
 
 
-class Evaluator:
-  """Test error (%) of one trained net under any lesion, one compile."""
-
-  def __init__(self, run, variables: dict, num_images: int):
-    from cnnflax import data, step
-    from cnnflax.models import resnet
-    self.model, self.variables = resnet.lesioned(run.model, variables)
-    cfg = run.config.dataset
-    preprocess = data.device_preprocess(run.dataset, cfg, False, run.dtype)
-    self.arrays = jax.device_put(data.device_arrays(run.dataset, cfg, False))
-    self.test_size = run.dataset.num_test
-    self.num_images = min(num_images, self.test_size)
-    self.batches = list(run.eval_batches(limit=num_images))
-    model = self.model
-
-    @jax.jit
-    def correct(variables, keep, arrays, batch):
-      images, labels = preprocess(
-          arrays, batch, step.no_augmentation(batch["mask"].shape[0]))
-      logits = model.apply(variables, images, train=False, keep=keep)
-      hit = jnp.argmax(logits, -1) == labels
-      return jnp.sum(hit * batch["mask"])
-
-    self._correct = correct
-
-  def error(self, deleted=(), order=None) -> float:
-    from cnnflax.models import resnet
-    keep = np.ones(self.model.num_blocks, np.float32)
-    keep[list(deleted)] = 0.0
-    variables = self.variables if order is None else (
-        resnet.reorder_variables(self.model, self.variables, order))
-    hits = sum(self._correct(variables, keep, self.arrays, b)
-               for b in self.batches)
-    return 100.0 * (1.0 - float(hits) / self.num_images)
-
-
-def study(evaluator: Evaluator, samples: int, seed: int) -> dict:
+def study(evaluator: lesion.Evaluator, samples: int, seed: int) -> dict:
   """(a), (b) and (c) for one net."""
   model = evaluator.model
   rng = np.random.default_rng(seed)
@@ -173,7 +136,8 @@ def lesion_results(run: sweep.Run, root: str, budget: float, extra: dict,
       return cached
   config = sweep.final_config(run, budget, extra)
   trained, variables = restore(config, str(paths.path(root) / run.name))
-  result = study(Evaluator(trained, variables, eval_images), samples, seed)
+  result = study(lesion.Evaluator(trained, variables, eval_images), samples,
+                 seed)
   paths.write_atomic(path, json.dumps(result))
   return result
 

@@ -2,10 +2,16 @@
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # for `configs`
+
+from cnnflax import backend  # noqa: E402  (no jax yet)
+
+# The XLA flags the runs under test resolve to (config.backend.xla_defaults),
+# given before jax starts, as main.py's runs have them.
+os.environ["XLA_FLAGS"] = backend.with_xla_defaults(
+    (os.environ.get("XLA_FLAGS", "")
+     + " --xla_force_host_platform_device_count=8").strip())
 
 import ml_collections  # noqa: E402
 import pytest  # noqa: E402

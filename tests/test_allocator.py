@@ -1,4 +1,4 @@
-"""cnnflax.allocator: which malloc the entry points re-execute with."""
+"""cnnflax.backend.allocator: which malloc the entry points re-execute with."""
 import json
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from cnnflax import allocator
+from cnnflax.backend import allocator
 from tests.conftest import ROOT
 
 TC = "/opt/lib/libtcmalloc_minimal.so.4"
@@ -61,7 +61,7 @@ def test_bad_choices_name_the_variable_and_the_fix(environ, tcmalloc,
 # and the page faults of the second round.
 PROBE = """
 import ctypes, json, os, resource, sys, threading
-from cnnflax import allocator
+from cnnflax.backend import allocator
 allocator.use_fast()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p

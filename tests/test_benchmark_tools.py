@@ -73,20 +73,22 @@ def test_benchmark_times_one_compiled_step_several_times():
   assert set(line["step_ms"]) == {"median", "min", "max"}
 
 
-def test_ablation_modes_turn_one_thing_off():
-  assert side_by_side.worker_env("cnnflax_fp32_xla_conv")[
-      "CNNFLAX_NATIVE_CONV"] == "0"
-  assert side_by_side.worker_env("cnnflax_fp32_autodiff_bn")[
-      "CNNFLAX_BN_VJP"] == "0"
-  assert side_by_side.worker_env("cnnflax_fp32_system_malloc")[
-      "CNNFLAX_ALLOCATOR"] == "system"
-  plain = side_by_side.worker_env("cnnflax_fp32")
-  assert not {"CNNFLAX_NATIVE_CONV", "CNNFLAX_BN_VJP",
-              "CNNFLAX_ALLOCATOR"} & set(plain) - set(os.environ)
+def test_ablation_modes_turn_one_thing_off(monkeypatch):
+  monkeypatch.setattr(side_by_side, "FLAGS", types.SimpleNamespace(
+      steps=3, warmup=1, trials=1, torch_threads=0))
+  plain = side_by_side.worker_command("resnet20", "cnnflax_fp32")
+  for mode, setting in [
+      ("cnnflax_fp32_xla_conv", "--config.backend.conv=xla"),
+      ("cnnflax_fp32_autodiff_bn", "--config.backend.batch_norm=autodiff"),
+      ("cnnflax_fp32_system_malloc", "--config.backend.allocator=system")]:
+    command = side_by_side.worker_command("resnet20", mode)
+    assert set(command) - set(plain) == {setting}, mode
+    assert side_by_side.worker_env(mode) == dict(os.environ)
+  assert not any("backend" in arg for arg in plain)
 
 
 def test_torch_tcmalloc_mode_preloads_what_cnnflax_runs_with():
-  from cnnflax import allocator
+  from cnnflax.backend import allocator
   path = allocator.find_tcmalloc()
   if path is None:
     with pytest.raises(ValueError, match="no tcmalloc library was found"):
@@ -107,7 +109,7 @@ def test_torch_compile_runs_where_the_spec_asks_with_tcmalloc(monkeypatch):
   assert "--compile=True" in command and "--bf16=False" in command
   assert "--compile=False" in side_by_side.worker_command("densenet_bc100",
                                                          "torch_fp32")
-  from cnnflax import allocator
+  from cnnflax.backend import allocator
   if allocator.find_tcmalloc() is not None:
     env = side_by_side.worker_env("torch_compile_tcmalloc")
     assert env["LD_PRELOAD"].split()[0] == allocator.find_tcmalloc()

@@ -3,8 +3,8 @@
 CI has no accelerator, but jax lowers a program for a platform without its
 hardware. The steps are the ones `train.Run` builds (jit over shard_map on
 the 8 fake CPU devices), traced with abstract state and batches (nothing is
-initialised, the steps never compile) under `platform.lowering_for`, so that
-they carry the implementations those platforms would get: never the oneDNN
+initialised, the steps never compile) with config.backend.platform naming
+them, so that they carry the kernels those platforms get: never the oneDNN
 convolutions, which exist for XLA:CPU only. Lowering alone would not catch
 one: jax lowers an FFI call for any platform, and only that platform's XLA
 compiler would refuse it; hence the check of the lowered text.
@@ -18,21 +18,24 @@ import numpy as np
 import pytest
 from tests.conftest import tiny_config
 
-from cnnflax import data, models, native, platform, train
+from cnnflax import data, models, train
+from cnnflax.backend import native
 from cnnflax import step as step_lib
 
-# One trace serves both: they make the same choices (platform.is_cpu).
+# One trace serves both: they get the same kernels (backend.resolve).
 ACCELERATORS = ("cuda", "tpu")
 BATCH = 8  # one example per fake device
-# The jax.ffi targets of cnnflax.native, registered for CPU only.
+# The jax.ffi targets of cnnflax/backend/native, registered for CPU only.
 ONEDNN_CALL = re.compile(r"custom_call @cnnflax_conv_\w+")
 
 
-def lowering_config(name: str):
-  """A synthetic-data run of `name` at its own input size and class count."""
+def lowering_config(name: str, targets: tuple[str, ...]):
+  """A synthetic-data run of `name` at its own input size and class count,
+  built for `targets`."""
   info = models.model_info(name)
   height, _, channels = info.input_shape
   c = tiny_config()
+  c.backend.platform = ",".join(targets)
   c.model.name = name
   c.dataset.image_size = height
   c.dataset.synthetic_channels = channels
@@ -110,8 +113,8 @@ def not_compiled(fn):
 def lowered_steps(name: str, targets: tuple[str, ...]) -> dict[str, str]:
   """The StableHLO text of `name`'s train and eval steps, traced once as
   `targets` would trace them and lowered for all of them together."""
-  with platform.lowering_for(*targets), collector_frozen():
-    run = train.Run(lowering_config(name), workdir="unused")
+  with collector_frozen():
+    run = train.Run(lowering_config(name, targets), workdir="unused")
     state = jax.eval_shape(run.init_state)
     # Weight every auxiliary head, so that their backward passes lower too.
     run.config.aux_loss_weights = (0.3,) * aux_heads(run, state)
@@ -147,22 +150,3 @@ def test_cpu_lowering_uses_onednn():
     pytest.skip("the oneDNN convolutions are not built here")
   for step, text in lowered_steps("resnet20_cifar", ("cpu",)).items():
     assert ONEDNN_CALL.search(text), step
-
-
-def test_lowering_for_sets_the_targets():
-  assert platform.targets() == (jax.default_backend(),)
-  with platform.lowering_for("cuda", "tpu"):
-    assert platform.targets() == ("cuda", "tpu")
-    assert not platform.is_cpu()
-  with platform.lowering_for("cpu"):
-    assert platform.is_cpu()
-  assert platform.targets() == (jax.default_backend(),)
-
-
-def test_lowering_for_refuses_cpu_with_accelerators():
-  with platform.lowering_for("cpu", "tpu"):
-    with pytest.raises(ValueError, match="separately"):
-      platform.is_cpu()
-  with pytest.raises(ValueError, match="gpu"):
-    with platform.lowering_for("gpu"):
-      pass

@@ -89,7 +89,6 @@ def test_v2_expansion_is_a_switch():
 @pytest.mark.parametrize("name,fields,message", [
     ("mobilenet_v1", dict(width_multiplier=0.0), "width_multiplier=0.0 is "
      r"not valid; choose alpha > 0"),
-    ("mobilenet_v1", dict(conv_impl="cudnn"), "conv_impl='cudnn' is not valid"),
     ("mobilenet_v1", dict(dropout_rate=1.0), "dropout_rate=1.0 is not valid"),
     ("mobilenet_v1", dict(activation="swoosh"), "activation='swoosh'"),
     ("mobilenet_v2", dict(expansion=0), "expansion=0 is not valid"),
@@ -142,7 +141,7 @@ def test_small_v2_step():
   # weighted sum, whose gradients are checked above.
   check_step(step_config("mobilenet_v2", 32, **{
       "model.width_multiplier": 0.25, "model.dropout_rate": 0.0,
-      "model.conv_impl": "xla"}), jax.devices())
+      "backend.depthwise": "xla"}), jax.devices())
 
 
 def test_half_precision_computes_in_bfloat16():

@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnnflax import native
+from cnnflax import backend
+from cnnflax.backend import native
+from cnnflax.backend.kernels import Kernels
 from cnnflax.models import layers, resnet
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -97,35 +99,45 @@ def _conv_ops(module, x) -> str:
   return jax.jit(module.apply).lower(variables, x).as_text()
 
 
+ONEDNN = Kernels(conv="onednn", scanned_conv="onednn")
+
+
 def test_conv_module_chooses_native_and_falls_back(monkeypatch):
   x = jnp.ones((2, 8, 8, 4))
-  assert "cnnflax_conv_forward" in _conv_ops(layers.Conv(8, padding=1), x)
-  assert "cnnflax_conv_forward" not in _conv_ops(
-      layers.Conv(8, padding=1, impl="xla"), x)
+  assert "cnnflax_conv_forward" in _conv_ops(
+      layers.Conv(8, padding=1, kernels=ONEDNN), x)
+  assert "cnnflax_conv_forward" not in _conv_ops(layers.Conv(8, padding=1), x)
   # Grouped convolutions and a missing oneDNN take XLA's convolution.
-  grouped = layers.Conv(8, padding=1, groups=2, impl="native")
+  grouped = layers.Conv(8, padding=1, groups=2, kernels=ONEDNN)
   assert "convolution" in _conv_ops(grouped, x)
   monkeypatch.setattr(native, "available", lambda: False)
-  text = _conv_ops(layers.Conv(8, padding=1, impl="native"), x)
+  text = _conv_ops(layers.Conv(8, padding=1, kernels=ONEDNN), x)
   assert "cnnflax_conv_forward" not in text and "convolution" in text
 
 
 def test_resnet_auto_uses_native_on_cpu(monkeypatch):
-  model = resnet.ResNet(depth=20, stem="cifar", num_classes=10)
-  assert model.conv_impl_used == "native"
+  section = dict(platform="cpu", conv="auto", scanned_conv="auto",
+                 depthwise="auto", batch_norm="auto")
+  kernels = backend.resolve_kernels(section, ("cpu",))
+  assert (kernels.conv, kernels.scanned_conv) == ("onednn", "onednn")
+  model = resnet.ResNet(depth=20, stem="cifar", num_classes=10,
+                        kernels=kernels)
+  assert model.layer_kernels.conv == "onednn"
   monkeypatch.setattr(native, "available", lambda: False)
+  kernels = backend.resolve_kernels(section, ("cpu",))
   scanned = resnet.ResNet(depth=20, stem="cifar", num_classes=10,
-                          scan_blocks=True)
-  assert scanned.conv_impl_used == "matmul"
-  assert model.conv_impl_used == "xla"
+                          scan_blocks=True, kernels=kernels)
+  assert scanned.layer_kernels.conv == "matmul"
+  model = model.clone(kernels=kernels)
+  assert model.layer_kernels.conv == "xla"
 
 
 def test_resnet_native_equals_xla():
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
   results = []
-  for impl in ("xla", "native"):
+  for kernels in (Kernels(), ONEDNN):
     model = resnet.ResNet(depth=8, stem="cifar", num_classes=10,
-                          conv_impl=impl)
+                          kernels=kernels)
     variables = model.init(jax.random.PRNGKey(1), x, train=False)
 
     def loss(params):
@@ -146,4 +158,4 @@ def test_unsupported_dtype_is_a_clear_error_not_a_crash():
   with pytest.raises(Exception, match="f32 or bf16 only"):
     jax.block_until_ready(native._call("forward", (1, 4, 4, 2), jnp.float16,
                                        x, k, (1, 1), ((1, 1), (1, 1))))
-  assert not native.supports(x, k, groups=1)  # so layers.Conv uses XLA's
+  assert not native.supports(x, k)  # so layers.Conv uses XLA's

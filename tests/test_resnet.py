@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnnflax import models, summary
+from cnnflax import lesion, models, summary
 from cnnflax.errors import ConfigError
+from cnnflax.backend.kernels import Kernels
 from cnnflax.models import resnet
 from tests.conftest import tiny_config
 from tests.test_step import one_step
@@ -109,10 +110,10 @@ def test_zeroed_branches_make_a_v2_net_the_identity_on_its_shortcuts():
 def test_lesion_without_changes_reproduces_the_logits():
   model = small()
   variables = model.init(jax.random.key(0), X)
-  same, same_vars = resnet.lesioned(model, variables)
+  same, same_vars = lesion.lesioned(model, variables)
   np.testing.assert_array_equal(logits(model, variables=variables),
                                 logits(same, variables=same_vars))
-  cut, cut_vars = resnet.lesioned(model, variables, drop_blocks=(4,))
+  cut, cut_vars = lesion.lesioned(model, variables, drop_blocks=(4,))
   assert not np.allclose(logits(cut, variables=cut_vars),
                          logits(model, variables=variables))
 
@@ -121,7 +122,7 @@ def test_removing_a_block_leaves_its_shortcut():
   model = small(shortcut="B")
   variables = model.init(jax.random.key(0), X)
   # Block 3 opens stage 2 with a projection: removing it keeps the projection.
-  cut, v = resnet.lesioned(model, variables, drop_blocks=(3,))
+  cut, v = lesion.lesioned(model, variables, drop_blocks=(3,))
   _, inter = cut.apply(v, X, capture_intermediates=True,
                        mutable=["intermediates"])
   unit = resnet.ResidualUnit(32, strides=2, shortcut="B")
@@ -138,7 +139,7 @@ def test_reordering_blocks_of_matching_shape():
   model = small()
   variables = model.init(jax.random.key(0), X)
   order = (0, 2, 1, 3, 4, 5, 6, 7, 8)
-  swapped, v = resnet.lesioned(model, variables, block_order=order)
+  swapped, v = lesion.lesioned(model, variables, block_order=order)
   assert not np.allclose(logits(swapped, variables=v),
                          logits(model, variables=variables))
   with pytest.raises(ConfigError, match="where the input or output shape"):
@@ -154,7 +155,7 @@ def test_run_time_keep_equals_drop_blocks(plain):
   for drop in ((), (4,), (1, 5, 8)):
     keep = np.ones(9, np.float32)
     keep[list(drop)] = 0.0
-    cut, v = resnet.lesioned(model, variables, drop_blocks=drop)
+    cut, v = lesion.lesioned(model, variables, drop_blocks=drop)
     np.testing.assert_allclose(apply(keep), logits(cut, variables=v),
                                rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match=r"one value per block, \(9,\)"):
@@ -164,7 +165,7 @@ def test_run_time_keep_equals_drop_blocks(plain):
 def test_removed_plain_block_passes_its_input_on_inside_a_scan():
   model = small(plain=True, scan_blocks=True)
   variables = model.init(jax.random.key(0), X)
-  cut_u, v = resnet.lesioned(model, variables, drop_blocks=(5,))
+  cut_u, v = lesion.lesioned(model, variables, drop_blocks=(5,))
   np.testing.assert_allclose(
       logits(model.clone(drop_blocks=(5,)), variables=variables),
       logits(cut_u, variables=v), rtol=1e-4, atol=1e-5)
@@ -174,33 +175,33 @@ def test_reordered_variables_equal_block_order():
   model = small()
   variables = model.init(jax.random.key(0), X)
   order = (0, 2, 1, 3, 4, 5, 6, 8, 7)
-  swapped, v = resnet.lesioned(model, variables, block_order=order)
+  swapped, v = lesion.lesioned(model, variables, block_order=order)
   np.testing.assert_allclose(
-      logits(model, variables=resnet.reorder_variables(model, variables,
+      logits(model, variables=lesion.reorder_variables(model, variables,
                                                        order)),
       logits(swapped, variables=v), rtol=1e-6, atol=1e-6)
   with pytest.raises(ValueError, match="where the input or output shape"):
-    resnet.reorder_variables(model, variables, (3, 1, 2, 0, 4, 5, 6, 7, 8))
+    lesion.reorder_variables(model, variables, (3, 1, 2, 0, 4, 5, 6, 7, 8))
 
 
 def test_scanned_and_unrolled_blocks_compute_the_same():
   model = small(scan_blocks=True)
   variables = model.init(jax.random.key(0), X)
-  unrolled, v = resnet.lesioned(model, variables)
+  unrolled, v = lesion.lesioned(model, variables)
   # Scanned stages use the matmul form of convolution on CPU: float noise.
   np.testing.assert_allclose(logits(model, variables=variables),
                              logits(unrolled, variables=v), rtol=1e-4,
                              atol=1e-5)
   # Removal works inside the scan too.
   cut = model.clone(drop_blocks=(5,))
-  cut_u, v_u = resnet.lesioned(model, variables, drop_blocks=(5,))
+  cut_u, v_u = lesion.lesioned(model, variables, drop_blocks=(5,))
   np.testing.assert_allclose(logits(cut, variables=variables),
                              logits(cut_u, variables=v_u), rtol=1e-4,
                              atol=1e-5)
 
 
 def test_matmul_convolution_equals_xla_convolution():
-  model = small(conv_impl="matmul")
+  model = small(kernels=Kernels(conv="matmul"))
   variables = model.init(jax.random.key(0), X)
   np.testing.assert_allclose(logits(model, variables=variables),
                              logits(small(), variables=variables), rtol=1e-4,
@@ -290,3 +291,19 @@ def test_one_train_step(overrides):
   config = tiny_config(**{"dataset.synthetic_channels": 3, **overrides})
   _, _, metrics, _ = one_step(config, jax.devices())
   assert np.isfinite(metrics["loss"]) and metrics["count"] == 16
+
+
+def test_every_unit_field_is_handed_down():
+  """ResNet._unit_fields cannot drift from ResidualUnit: each of its fields
+  is copied by name, renamed or derived."""
+  import dataclasses
+  handed = {*resnet.UNIT_FIELDS_SHARED, *resnet.UNIT_FIELDS_RENAMED,
+            *resnet.UNIT_FIELDS_DERIVED}
+  fields = {f.name for f in dataclasses.fields(resnet.ResidualUnit)} - {
+      "parent", "name"}
+  assert fields == handed
+  model = small(activation="elu", zero_init_residual=True)
+  unit = model._unit_fields(1, True)
+  assert set(unit) == fields
+  assert (unit["act"], unit["zero_init_last"], unit["strides"]) == (
+      "elu", True, 2)

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnnflax.backend.kernels import Kernels
 from cnnflax.models import register_model
 from cnnflax.models.layers import (LRN, SplitConv, activation, batch_norm,
                                    check_choice, check_rate)
@@ -43,6 +44,7 @@ class AlexNetFeatures(nn.Module):
   weight_init: str = "he"
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -59,7 +61,7 @@ class AlexNetFeatures(nn.Module):
       else:
         x = nn.Conv(features, (k, k), **common)(x)
       if self.batch_norm:
-        x = batch_norm(train, self.dtype, self.axis_name)(x)
+        x = batch_norm(train, self.dtype, self.axis_name, self.kernels)(x)
       x = act(x)
       if lrn and self.lrn:  # after the ReLU, before pooling (Section 3.3)
         x = LRN(size=5, k=2.0, alpha=1e-4, beta=0.75, name=f"lrn{i}")(x)
@@ -90,6 +92,7 @@ class AlexNet(nn.Module):
   weight_init: str = "he"
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   def __post_init__(self):
     check_choice("groups", self.groups, (1, 2))
@@ -109,7 +112,7 @@ class AlexNet(nn.Module):
                        f"{x.shape[-3:-1]}; set config.dataset.image_size")
     x = AlexNetFeatures(self.groups, self.lrn, self.batch_norm,
                         self.activation, self.weight_init, self.dtype,
-                        self.axis_name, name="features")(
+                        self.axis_name, self.kernels, name="features")(
                             x.astype(self.dtype), train)
     x = (fc_windows(x, fc_window(self, "fc6", x)) if dense
          else x.reshape(x.shape[0], -1))

@@ -42,6 +42,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnnflax.backend.kernels import Kernels
 from cnnflax.models import norm, register_model
 from cnnflax.models.layers import (Conv, batch_norm, check_at_least,
                                    check_choice, check_rate)
@@ -83,14 +84,16 @@ class BNReLUConv(nn.Module):
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   @nn.compact
   def __call__(self, x, moments, train: bool) -> jax.Array:
-    x = batch_norm(train, self.dtype, self.axis_name, relu=True, name="bn")(
-        x, moments)
+    x = batch_norm(train, self.dtype, self.axis_name, self.kernels,
+                   relu=True, name="bn")(x, moments)
     k = self.kernel
     x = Conv(self.features, (k, k), (1, 1), k // 2, use_bias=False,
-             kernel_init=he_init, dtype=self.dtype, name="conv")(x)
+             kernels=self.kernels, kernel_init=he_init, dtype=self.dtype,
+             name="conv")(x)
     return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
 
@@ -107,12 +110,13 @@ class DenseLayer(nn.Module):
   memory_efficient: bool = False
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   @nn.compact
   def __call__(self, features: list, moments: list, train: bool) -> jax.Array:
     first = RecomputedBNReLUConv if self.memory_efficient else BNReLUConv
     common = dict(dropout_rate=self.dropout_rate, dtype=self.dtype,
-                  axis_name=self.axis_name)
+                  axis_name=self.axis_name, kernels=self.kernels)
     if not self.bottleneck:
       return first(self.growth_rate, 3, **common, name="conv1")(
           features, moments, train)
@@ -170,6 +174,7 @@ class DenseNet(nn.Module):
   memory_efficient: bool = False
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   def __post_init__(self):
     check_choice("stem", self.stem, ("imagenet", "cifar"))
@@ -237,16 +242,17 @@ class DenseNet(nn.Module):
         bottleneck_factor=self.bottleneck_factor,
         dropout_rate=self.dropout_rate,
         memory_efficient=self.memory_efficient, dtype=self.dtype,
-        axis_name=self.axis_name).items()))
+        axis_name=self.axis_name, kernels=self.kernels).items()))
     widths = self.transition_widths()
     for b, n in enumerate(self.blocks):
       features, moments = DenseBlock(n, layer, name=f"block{b + 1}")(x, train)
       if b < len(widths):
         x = BNReLUConv(widths[b], 1, self.dropout_rate, self.dtype,
-                       self.axis_name, name=f"transition{b + 1}")(
+                       self.axis_name, self.kernels,
+                       name=f"transition{b + 1}")(
                            features, moments, train)
         x = nn.avg_pool(x, (2, 2), (2, 2))
-    x = batch_norm(train, self.dtype, self.axis_name, relu=True,
+    x = batch_norm(train, self.dtype, self.axis_name, self.kernels, relu=True,
                    name="final_bn")(features, moments)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
@@ -255,10 +261,11 @@ class DenseNet(nn.Module):
     width = self.stem_features
     if self.stem == "cifar":  # the first dense layer's BN-ReLU follows
       return Conv(width, (3, 3), (1, 1), 1, use_bias=False,
-                  kernel_init=he_init, dtype=self.dtype, name="stem_conv")(x)
-    x = Conv(width, (7, 7), (2, 2), 3, use_bias=False, kernel_init=he_init,
-             dtype=self.dtype, name="stem_conv")(x)
-    x = batch_norm(train, self.dtype, self.axis_name, relu=True,
+                  kernels=self.kernels, kernel_init=he_init,
+                  dtype=self.dtype, name="stem_conv")(x)
+    x = Conv(width, (7, 7), (2, 2), 3, use_bias=False, kernels=self.kernels,
+             kernel_init=he_init, dtype=self.dtype, name="stem_conv")(x)
+    x = batch_norm(train, self.dtype, self.axis_name, self.kernels, relu=True,
                    name="stem_bn")(x)
     return nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1)] * 2)
 
@@ -281,6 +288,12 @@ def _register():
         depth=depth, growth_rate=k, bottleneck=bc,
         compression=0.5 if bc else 1.0, stem="cifar"),
                    params=exact, params_paper=params, error=err, **cifar)
+  # Any depth and growth rate, for the configs: a run records the network
+  # it trains, not the nearest registered one.
+  for name, bc in (("densenet_cifar", False), ("densenet_bc_cifar", True)):
+    register_model(name, DenseNet, fields=dict(
+        depth=40 if not bc else 100, growth_rate=12, bottleneck=bc,
+        compression=0.5 if bc else 1.0, stem="cifar"), **cifar)
   imagenet = dict(input_shape=(224, 224, 3), num_classes=1000,
                   dataset="imagenet2012", paper=paper)
   # Table 3, single-crop top-1 error; exact counts and mult-adds as in

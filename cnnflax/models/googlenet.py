@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnnflax.backend.kernels import Kernels
 from cnnflax.models import register_model
 from cnnflax.models.layers import (LRN, ConvBNAct, activation, caffe_pool,
                                    check_choice, check_rate)
@@ -39,6 +40,7 @@ class Inception(nn.Module):
   axis_name: str | None = None
   bn_epsilon: float = 1e-3
   kernel_5x5: int = 5
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -47,7 +49,8 @@ class Inception(nn.Module):
     def conv(features, k, name):
       return ConvBNAct(features, (k, k), batch_norm=self.batch_norm,
                        act=self.activation, dtype=self.dtype,
-                       axis_name=self.axis_name, epsilon=self.bn_epsilon,
+                       axis_name=self.axis_name,
+                       kernels=self.kernels, epsilon=self.bn_epsilon,
                        name=name)
 
     b1 = conv(n1, 1, "1x1")(x, train)
@@ -69,6 +72,7 @@ class AuxClassifier(nn.Module):
   dtype: Any = jnp.float32
   axis_name: str | None = None
   bn_epsilon: float = 1e-3
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -79,7 +83,8 @@ class AuxClassifier(nn.Module):
     x = nn.avg_pool(x, (5, 5), (3, 3))
     x = ConvBNAct(128, (1, 1), batch_norm=self.batch_norm,
                   act=self.activation, dtype=self.dtype,
-                  axis_name=self.axis_name, epsilon=self.bn_epsilon,
+                  axis_name=self.axis_name,
+                  kernels=self.kernels, epsilon=self.bn_epsilon,
                   name="conv")(x, train)
     x = x.reshape(x.shape[0], -1)
     x = activation(self.activation)(
@@ -129,6 +134,7 @@ class GoogLeNet(nn.Module):
   pool4_window: int = 3
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   def __post_init__(self):
     check_rate("dropout_rate", self.dropout_rate)
@@ -156,12 +162,12 @@ class GoogLeNet(nn.Module):
     for name, widths in INCEPTION.items():
       x = Inception(widths, self.batch_norm, self.activation, self.dtype,
                     self.axis_name, self.bn_epsilon, self.kernel_5x5,
-                    name=f"inception_{name}")(x, train)
+                    self.kernels, name=f"inception_{name}")(x, train)
       if name in AUX_AFTER and train and self.aux_logits:
         aux.append(AuxClassifier(
             self.num_classes, self.batch_norm, self.activation,
             self.aux_dropout_rate, self.dtype, self.axis_name,
-            self.bn_epsilon, name=f"aux_{name}")(x, train))
+            self.bn_epsilon, self.kernels, name=f"aux_{name}")(x, train))
       if name in POOL_AFTER:
         window = self.pool4_window if name == POOL_AFTER[-1] else 3
         x = caffe_pool(x, "max", window, 2)
@@ -176,7 +182,8 @@ class GoogLeNet(nn.Module):
     return ConvBNAct(features, (k, k), (strides, strides),
                      ((pad, pad), (pad, pad)), self.batch_norm,
                      self.activation, dtype=self.dtype,
-                     axis_name=self.axis_name, epsilon=self.bn_epsilon,
+                     axis_name=self.axis_name,
+                     kernels=self.kernels, epsilon=self.bn_epsilon,
                      name=name)
 
   def _lrn(self, name: str):

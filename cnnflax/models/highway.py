@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnnflax.backend.kernels import Kernels
 from cnnflax.models import register_model
 from cnnflax.models.layers import (activation, batch_norm, check_at_least,
                                    check_choice, check_rate)
@@ -32,13 +33,14 @@ class HighwayLayer(nn.Module):
   batch_norm: bool = False
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     h = self._linear(x.shape[-1], "transform", nn.initializers.he_normal(),
                      nn.initializers.zeros, not self.batch_norm)(x)
     if self.batch_norm:
-      h = batch_norm(train, self.dtype, self.axis_name)(h)
+      h = batch_norm(train, self.dtype, self.axis_name, self.kernels)(h)
     h = activation(self.activation)(h)
     if self.plain:
       return h
@@ -99,6 +101,7 @@ class Highway(nn.Module):
   scan_blocks: bool | None = None
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   def __post_init__(self):
     check_choice("kind", self.kind, ("dense", "conv"))
@@ -144,7 +147,7 @@ class Highway(nn.Module):
     fields = dict(kind=self.kind, plain=self.plain, activation=self.activation,
                   gate_bias_init=self.gate_bias_init,
                   batch_norm=self.batch_norm, dtype=self.dtype,
-                  axis_name=self.axis_name)
+                  axis_name=self.axis_name, kernels=self.kernels)
     if self.scanned and count > 1:
       scan = nn.scan(ScannedLayers,
                      variable_axes={"params": 0, "batch_stats": 0},
@@ -165,7 +168,7 @@ class Highway(nn.Module):
     else:
       x = nn.Conv(width, (3, 3), **kwargs)(x)
     if self.batch_norm:
-      x = batch_norm(train, self.dtype, self.axis_name)(x)
+      x = batch_norm(train, self.dtype, self.axis_name, self.kernels)(x)
     return activation(self.activation)(x)
 
 

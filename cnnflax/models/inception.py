@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnnflax.backend.kernels import Kernels
 from cnnflax.models import register_model
 from cnnflax.models.layers import (ConvBNAct, SplitConv, activation,
                                    check_at_least, check_rate)
@@ -66,6 +67,7 @@ class Mixed(nn.Module):
   axis_name: str | None = None
   bn_epsilon: float = SLIM_EPSILON
   count_include_pad: bool = False
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -89,7 +91,8 @@ class Mixed(nn.Module):
       _, features, kernel, stride, padding = layer
       return ConvBNAct(features, kernel, (stride, stride), padding,
                        self.batch_norm, self.activation, dtype=self.dtype,
-                       axis_name=self.axis_name, epsilon=self.bn_epsilon,
+                       axis_name=self.axis_name,
+                       kernels=self.kernels, epsilon=self.bn_epsilon,
                        name=name)(x, train)
     _, window, stride, padding = layer
     if kind == "max":
@@ -175,6 +178,7 @@ class BNInception(nn.Module):
   bn_epsilon: float = SLIM_EPSILON
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   def __post_init__(self):
     check_at_least("conv1_depth_multiplier", self.conv1_depth_multiplier, 0)
@@ -198,6 +202,7 @@ class BNInception(nn.Module):
   def _conv1(self, x: jax.Array, train: bool) -> jax.Array:
     common = dict(batch_norm=self.batch_norm, act=self.activation,
                   dtype=self.dtype, axis_name=self.axis_name,
+                  kernels=self.kernels,
                   epsilon=self.bn_epsilon)
     mult = self.conv1_depth_multiplier
     if not mult:
@@ -212,7 +217,8 @@ class BNInception(nn.Module):
 
   def _mixed(self, branches: tuple, name: str) -> Mixed:
     return Mixed(branches, self.batch_norm, self.activation, self.dtype,
-                 self.axis_name, self.bn_epsilon, name=name)
+                 self.axis_name, self.bn_epsilon, kernels=self.kernels,
+                 name=name)
 
 
 # --- Inception v3 ------------------------------------------------------------
@@ -274,6 +280,7 @@ class AuxHead(nn.Module):
   dtype: Any = jnp.float32
   axis_name: str | None = None
   bn_epsilon: float = SLIM_EPSILON
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -281,6 +288,7 @@ class AuxHead(nn.Module):
     x = nn.avg_pool(x, window, (3, 3))
     common = dict(batch_norm=self.batch_norm, act=self.activation,
                   dtype=self.dtype, axis_name=self.axis_name,
+                  kernels=self.kernels,
                   epsilon=self.bn_epsilon)
     x = ConvBNAct(128, (1, 1), name="conv0", **common)(x, train)
     kernel = tuple(min(5, n) for n in x.shape[1:3])
@@ -320,6 +328,7 @@ class InceptionV3(nn.Module):
   avg_pool_count_pad: bool = False
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   def __post_init__(self):
     check_rate("dropout_rate", self.dropout_rate)
@@ -333,6 +342,7 @@ class InceptionV3(nn.Module):
     x = x.astype(self.dtype)
     common = dict(batch_norm=self.batch_norm, activation=self.activation,
                   dtype=self.dtype, axis_name=self.axis_name,
+                  kernels=self.kernels,
                   bn_epsilon=self.bn_epsilon)
     aux = ()
     for name, branches in v3_layout(self.module_a_5x5):

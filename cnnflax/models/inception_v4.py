@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnnflax.backend.kernels import Kernels
 from cnnflax.models import register_model
 from cnnflax.models.inception import (AVG, MAX_2, SLIM_EPSILON, V3_STEM,
                                       VALID, Mixed, check_epsilon,
@@ -170,11 +171,13 @@ class ResidualInception(nn.Module):
   dtype: Any = jnp.float32
   axis_name: str | None = None
   bn_epsilon: float = SLIM_EPSILON
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, survival=None) -> jax.Array:
     y = Mixed(self.branches, self.batch_norm, self.activation, self.dtype,
-              self.axis_name, self.bn_epsilon, name="mixed")(x, train)
+              self.axis_name, self.bn_epsilon, kernels=self.kernels,
+              name="mixed")(x, train)
     y = nn.Conv(x.shape[-1], (1, 1), dtype=self.dtype, name="up")(y)
     after = activation(self.activation) if self.activate else None
     return residual_merge(self, y, x, train, scale=self.scale,
@@ -225,6 +228,7 @@ class InceptionV4(nn.Module):
   asymmetric: str = "released"
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   def __post_init__(self):
     check_choice("version", self.version, tuple(LAYOUTS))
@@ -294,6 +298,7 @@ class InceptionV4(nn.Module):
     x = x.astype(self.dtype)
     common = dict(batch_norm=self.batch_norm, activation=self.activation,
                   dtype=self.dtype, axis_name=self.axis_name,
+                  kernels=self.kernels,
                   bn_epsilon=self.bn_epsilon)
     layout = self.layout
     for name, branches in layout.stem:
@@ -320,7 +325,8 @@ class InceptionV4(nn.Module):
     if layout.head_width:
       x = ConvBNAct(layout.head_width, (1, 1), batch_norm=self.batch_norm,
                     act=self.activation, dtype=self.dtype,
-                    axis_name=self.axis_name, epsilon=self.bn_epsilon,
+                    axis_name=self.axis_name,
+                    kernels=self.kernels, epsilon=self.bn_epsilon,
                     name="head_conv")(x, train)
     return classifier(x, self.num_classes, self.dropout_rate, train,
                       self.dtype)

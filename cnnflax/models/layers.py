@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnflax import native
+from cnnflax.backend.kernels import Kernels
 from cnnflax.models.norm import BatchNorm
 
 Dtype = Any
@@ -68,6 +68,7 @@ class ConvBNAct(nn.Module):
   axis_name: str | None = None
   kernel_init: Callable = nn.initializers.he_normal()
   epsilon: float = 1e-5
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -75,31 +76,35 @@ class ConvBNAct(nn.Module):
                 feature_group_count=self.groups, use_bias=not self.batch_norm,
                 kernel_init=self.kernel_init, dtype=self.dtype)(x)
     if self.batch_norm:
-      return bn_act(train, self.dtype, self.axis_name, self.act,
+      return bn_act(train, self.dtype, self.axis_name, self.kernels, self.act,
                     epsilon=self.epsilon)(x)
     return activation(self.act)(x)
 
 
 def batch_norm(train: bool, dtype: Dtype, axis_name: str | None,
-               epsilon: float = 1e-5, **kwargs: Any) -> BatchNorm:
+               kernels: Kernels, epsilon: float = 1e-5,
+               **kwargs: Any) -> BatchNorm:
   """BatchNorm with the torch/Caffe momentum (0.9) and, by default, their
   epsilon (1e-5); the Inception family passes TF-slim's 1e-3.
 
   `axis_name` set: statistics are computed over the global batch (synchronised
   across replicas); None: over each device's part of it. `relu=True` fuses a
-  ReLU after it (see norm.py).
+  ReLU after it (see norm.py). `kernels.batch_norm` says how it is
+  differentiated.
   """
   return BatchNorm(use_running_average=not train, momentum=0.9,
-                   epsilon=epsilon, dtype=dtype, axis_name=axis_name, **kwargs)
+                   epsilon=epsilon, dtype=dtype, axis_name=axis_name,
+                   impl=kernels.batch_norm, **kwargs)
 
 
-def bn_act(train: bool, dtype: Dtype, axis_name: str | None, act: str,
+def bn_act(train: bool, dtype: Dtype, axis_name: str | None,
+           kernels: Kernels, act: str,
            **kwargs: Any) -> Callable[[jax.Array], jax.Array]:
   """BatchNorm then the named activation; a ReLU runs inside BatchNorm."""
   if act == "relu":
-    return batch_norm(train, dtype, axis_name, relu=True, **kwargs)
+    return batch_norm(train, dtype, axis_name, kernels, relu=True, **kwargs)
   fn = activation(act)
-  bn = batch_norm(train, dtype, axis_name, **kwargs)
+  bn = batch_norm(train, dtype, axis_name, kernels, **kwargs)
   return lambda x: fn(bn(x))
 
 
@@ -232,23 +237,16 @@ def caffe_pool(x: jax.Array, kind: str, window: int, stride: int) -> jax.Array:
 
 
 class Conv(nn.Module):
-  """A convolution with nn.Conv's parameters (kernel HWIO, bias) and three
-  implementations of the same maths: `impl="xla"` (lax.conv),
-  `impl="native"` (oneDNN through jax.ffi, cnnflax.native; one group, CPU,
-  else lax.conv) or `impl="matmul"` (patches x one matmul; for a depthwise
-  convolution, groups == in == out channels, the patches weighted per channel
-  and summed). `impl="auto"`: native where it runs, else xla.
-  On a 2-core AVX-512 CPU the train step runs 1.12-1.84x faster with
-  oneDNN's convolutions than with XLA's (benchmarks/). Inside a scanned loop
-  XLA:CPU runs lax.conv with a naive kernel, about 20x slower than the matmul
-  form; its depthwise convolutions are 7-30x slower than the weighted sum."""
+  """A convolution with nn.Conv's parameters (kernel HWIO, bias), computed
+  as `kernels` says (cnnflax/backend/kernels.py: the same maths, XLA's,
+  oneDNN's or matmul implementations)."""
   features: int
   kernel_size: tuple[int, int] = (3, 3)
   strides: tuple[int, int] = (1, 1)
   padding: int = 0  # zeros on each side (same for height and width)
   use_bias: bool = True
   groups: int = 1
-  impl: str = "auto"  # auto | native | xla | matmul
+  kernels: Kernels = Kernels()
   kernel_init: Callable = nn.initializers.lecun_normal()
   bias_init: Callable = nn.initializers.zeros
   dtype: Dtype = jnp.float32
@@ -258,47 +256,12 @@ class Conv(nn.Module):
     kh, kw = self.kernel_size
     kernel = self.param("kernel", self.kernel_init,
                         (kh, kw, x.shape[-1] // self.groups, self.features))
-    x = x.astype(self.dtype)
-    kernel = kernel.astype(self.dtype)
-    depthwise = self.groups == x.shape[-1] == self.features
-    p = self.padding
-    native_ok = self.impl in ("auto", "native") and native.supports(
-        x, kernel, self.groups)
-    if native_ok:
-      y = native.conv2d(x, kernel, self.strides, ((p, p), (p, p)))
-    elif self.impl == "matmul" and self.groups == 1:
-      y = self._matmul(x, kernel)
-    elif self.impl == "matmul" and depthwise:
-      y = sum(w * kernel[i, j, 0] for (i, j), w in self._windows(x, kernel))
-    else:
-      y = jax.lax.conv_general_dilated(
-          x, kernel, self.strides, [(p, p), (p, p)],
-          dimension_numbers=("NHWC", "HWIO", "NHWC"),
-          feature_group_count=self.groups)
+    y = self.kernels.conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
+                            self.strides, self.padding, self.groups)
     if self.use_bias:
       y = y + self.param("bias", self.bias_init,
                          (self.features,)).astype(self.dtype)
     return y
-
-  def _windows(self, x, kernel):
-    """((i, j), the input under kernel tap (i, j) at every output place)."""
-    kh, kw = kernel.shape[:2]
-    sh, sw = self.strides
-    p = self.padding
-    if p:
-      x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-    oh = (x.shape[1] - kh) // sh + 1
-    ow = (x.shape[2] - kw) // sw + 1
-    rows, cols = sh * (oh - 1) + 1, sw * (ow - 1) + 1
-    return [((i, j), x[:, i:i + rows:sh, j:j + cols:sw])
-            for i in range(kh) for j in range(kw)]
-
-  def _matmul(self, x, kernel):
-    kh, kw, cin, cout = kernel.shape
-    windows = [w for _, w in self._windows(x, kernel)]
-    patches = windows[0] if len(windows) == 1 else jnp.concatenate(
-        windows, axis=-1)
-    return patches @ kernel.reshape(kh * kw * cin, cout)
 
   def flops_per_image(self, output) -> int:
     kernel = self.variables["params"]["kernel"].shape
@@ -315,23 +278,22 @@ class DepthwiseSeparable(nn.Module):
   strides: int = 1
   act: str = "relu"
   pointwise_act: str = "relu"
-  impl: str = "xla"  # see Conv
   kernel_init: Callable = nn.initializers.variance_scaling(
       2.0, "fan_out", "normal")
   dtype: Dtype = jnp.float32
   axis_name: str | None = None
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     channels = x.shape[-1]
     s = self.strides
-    x = Conv(channels, (3, 3), (s, s), 1, use_bias=False, groups=channels,
-             impl=self.impl, kernel_init=self.kernel_init, dtype=self.dtype,
+    common = dict(use_bias=False, kernels=self.kernels,
+                  kernel_init=self.kernel_init, dtype=self.dtype)
+    x = Conv(channels, (3, 3), (s, s), 1, groups=channels, **common,
              name="depthwise")(x)
-    x = bn_act(train, self.dtype, self.axis_name, self.act,
+    x = bn_act(train, self.dtype, self.axis_name, self.kernels, self.act,
                name="depthwise_bn")(x)
-    x = Conv(self.features, (1, 1), use_bias=False, impl=self.impl,
-             kernel_init=self.kernel_init, dtype=self.dtype,
-             name="pointwise")(x)
-    return bn_act(train, self.dtype, self.axis_name, self.pointwise_act,
-                  name="pointwise_bn")(x)
+    x = Conv(self.features, (1, 1), **common, name="pointwise")(x)
+    return bn_act(train, self.dtype, self.axis_name, self.kernels,
+                  self.pointwise_act, name="pointwise_bn")(x)

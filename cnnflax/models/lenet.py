@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnnflax.backend.kernels import Kernels
 from cnnflax.models import register_model
 from cnnflax.models.layers import (activation, batch_norm, check_choice,
                                    lecun98_uniform)
@@ -90,6 +91,7 @@ class LeNet5(nn.Module):
   weight_init: str = "lecun98"  # lecun98 | lecun_normal
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   def __post_init__(self):
     check_choice("pooling", self.pooling, ("subsample", "avg", "max"))
@@ -128,7 +130,7 @@ class LeNet5(nn.Module):
 
   def _norm_act(self, x, train, act):
     if self.batch_norm:
-      x = batch_norm(train, self.dtype, self.axis_name)(x)
+      x = batch_norm(train, self.dtype, self.axis_name, self.kernels)(x)
     return act(x)
 
   def _pool(self, x, train, act, name):

@@ -18,10 +18,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnflax import platform
+from cnnflax.backend.kernels import Kernels
 from cnnflax.models import register_model
 from cnnflax.models.layers import (Conv, DepthwiseSeparable, activation,
-                                   batch_norm, check_at_least, check_choice,
+                                   batch_norm, check_at_least,
                                    check_rate)
 
 # Table 1 after the first conv: (pointwise maps, depthwise stride). The
@@ -51,20 +51,13 @@ def check_width(value: float) -> None:
                      "alpha > 0 (the paper: 1.0, 0.75, 0.5, 0.25)")
 
 
-def conv_impl(field: str) -> str:
-  """auto: the weighted-sum depthwise convolution on CPU (see layers.Conv)."""
-  check_choice("conv_impl", field, ("auto", "xla", "matmul"))
-  if field != "auto":
-    return field
-  return "matmul" if platform.is_cpu() else "xla"
-
-
 def stem(x: jax.Array, width: int, act, train: bool, dtype: Any,
-         axis_name: str | None) -> jax.Array:
+         axis_name: str | None, kernels: Kernels) -> jax.Array:
   """Both tables' first layer: 3x3/2 conv, BN, activation."""
-  x = Conv(width, (3, 3), (2, 2), 1, use_bias=False, kernel_init=he_init,
-           dtype=dtype, name="conv1")(x.astype(dtype))
-  return act(batch_norm(train, dtype, axis_name, name="conv1_bn")(x))
+  x = Conv(width, (3, 3), (2, 2), 1, use_bias=False, kernels=kernels,
+           kernel_init=he_init, dtype=dtype, name="conv1")(x.astype(dtype))
+  return act(batch_norm(train, dtype, axis_name, kernels,
+                        name="conv1_bn")(x))
 
 
 def classifier(x: jax.Array, num_classes: int, dropout_rate: float,
@@ -81,16 +74,15 @@ class MobileNetV1(nn.Module):
   min_depth: int = 8  # no layer thinner than this (TF-slim's min_depth)
   activation: str = "relu"
   dropout_rate: float = 0.001  # before the classifier (TF-slim keeps 0.999)
-  conv_impl: str = "auto"  # auto | xla | matmul (see layers.Conv)
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   def __post_init__(self):
     check_width(self.width_multiplier)
     check_at_least("min_depth", self.min_depth, 1)
     check_rate("dropout_rate", self.dropout_rate)
     activation(self.activation)
-    conv_impl(self.conv_impl)
     super().__post_init__()
 
   def width(self, maps: int) -> int:
@@ -99,14 +91,13 @@ class MobileNetV1(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    impl = conv_impl(self.conv_impl)
     x = stem(x, self.width(32), activation(self.activation), train,
-             self.dtype, self.axis_name)
+             self.dtype, self.axis_name, self.kernels)
     for i, (maps, stride) in enumerate(V1_LAYERS):
       x = DepthwiseSeparable(
-          self.width(maps), stride, self.activation, self.activation, impl,
-          he_init, self.dtype, self.axis_name, name=f"separable{i + 1}")(
-              x, train)
+          self.width(maps), stride, self.activation, self.activation,
+          he_init, self.dtype, self.axis_name, self.kernels,
+          name=f"separable{i + 1}")(x, train)
     return classifier(x, self.num_classes, self.dropout_rate, train,
                       self.dtype)
 
@@ -118,22 +109,23 @@ class InvertedResidual(nn.Module):
   strides: int = 1
   expansion: int = 6
   activation: str = "relu6"
-  impl: str = "xla"
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     y = x
     if self.expansion != 1:
       y = Conv(x.shape[-1] * self.expansion, (1, 1), use_bias=False,
-               impl=self.impl, kernel_init=he_init, dtype=self.dtype,
+               kernels=self.kernels, kernel_init=he_init, dtype=self.dtype,
                name="expand")(y)
-      y = batch_norm(train, self.dtype, self.axis_name, name="expand_bn")(y)
+      y = batch_norm(train, self.dtype, self.axis_name, self.kernels,
+                     name="expand_bn")(y)
       y = activation(self.activation)(y)
     y = DepthwiseSeparable(self.features, self.strides, self.activation,
-                           "identity", self.impl, he_init, self.dtype,
-                           self.axis_name, name="separable")(y, train)
+                           "identity", he_init, self.dtype, self.axis_name,
+                           self.kernels, name="separable")(y, train)
     if self.strides == 1 and x.shape[-1] == self.features:
       return x + y
     return y
@@ -149,9 +141,9 @@ class MobileNetV2(nn.Module):
   last_width: int = 1280  # the final 1x1 conv; thinned only for alpha > 1
   activation: str = "relu6"
   dropout_rate: float = 0.2  # before the classifier (standard code)
-  conv_impl: str = "auto"  # auto | xla | matmul (see layers.Conv)
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   def __post_init__(self):
     check_width(self.width_multiplier)
@@ -160,7 +152,6 @@ class MobileNetV2(nn.Module):
     check_at_least("last_width", self.last_width, 1)
     check_rate("dropout_rate", self.dropout_rate)
     activation(self.activation)
-    conv_impl(self.conv_impl)
     super().__post_init__()
 
   def width(self, maps: int) -> int:
@@ -168,22 +159,23 @@ class MobileNetV2(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    impl = conv_impl(self.conv_impl)
     act = activation(self.activation)
-    x = stem(x, self.width(32), act, train, self.dtype, self.axis_name)
+    x = stem(x, self.width(32), act, train, self.dtype, self.axis_name,
+             self.kernels)
     b = 0
     for t, c, n, s in V2_BLOCKS:
       t = 1 if t == 1 else self.expansion
       for i in range(n):
         b += 1
         x = InvertedResidual(
-            self.width(c), s if i == 0 else 1, t, self.activation, impl,
-            self.dtype, self.axis_name, name=f"block{b}")(x, train)
+            self.width(c), s if i == 0 else 1, t, self.activation,
+            self.dtype, self.axis_name, self.kernels, name=f"block{b}")(
+                x, train)
     last = make_divisible(self.last_width * max(1.0, self.width_multiplier),
                           self.round_to)
-    x = Conv(last, (1, 1), use_bias=False, impl=impl, kernel_init=he_init,
-             dtype=self.dtype, name="conv_last")(x)
-    x = act(batch_norm(train, self.dtype, self.axis_name,
+    x = Conv(last, (1, 1), use_bias=False, kernels=self.kernels,
+             kernel_init=he_init, dtype=self.dtype, name="conv_last")(x)
+    x = act(batch_norm(train, self.dtype, self.axis_name, self.kernels,
                        name="conv_last_bn")(x))
     return classifier(x, self.num_classes, self.dropout_rate, train,
                       self.dtype)

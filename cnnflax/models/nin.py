@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnnflax.backend.kernels import Kernels
 from cnnflax.models import register_model
 from cnnflax.models.layers import (ConvBNAct, activation, caffe_pool,
                                    check_choice, check_rate)
@@ -71,11 +72,13 @@ class MlpConv(nn.Module):
   axis_name: str | None = None
   init_stds: tuple[float, float, float] | None = None
   last_bias: float = 0.0
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     pad = ((self.padding, self.padding),) * 2
-    common = dict(dtype=self.dtype, axis_name=self.axis_name)
+    common = dict(dtype=self.dtype, axis_name=self.axis_name,
+    kernels=self.kernels)
     stds = self.init_stds or (None, None, None)
     x = ConvBNAct(self.features[0], (self.kernel, self.kernel),
                   (self.stride, self.stride), pad, self.batch_norm,
@@ -151,6 +154,7 @@ class NiN(nn.Module):
   class_map_bias: float = 0.0
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   def __post_init__(self):
     check_choice("variant", self.variant, tuple(TABLES))
@@ -181,7 +185,7 @@ class NiN(nn.Module):
                   self.class_map_activation or not last, self.dtype,
                   self.axis_name, stds,
                   float(self.class_map_bias) if last else 0.0,
-                  name=f"mlpconv{i}")(x, train)
+                  self.kernels, name=f"mlpconv{i}")(x, train)
       if pool is not None:
         x = caffe_pool(x, *pool)
       if dropout:

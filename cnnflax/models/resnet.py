@@ -17,13 +17,14 @@ Blocks are numbered 0..L-1 over the whole network, in forward order.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnflax import native, platform
+from cnnflax.backend.kernels import Kernels
 from cnnflax.models import register_model
 from cnnflax.models.layers import (Conv, activation, batch_norm, bn_act,
                                    check_choice, residual_merge)
@@ -77,9 +78,9 @@ class ResidualUnit(nn.Module):
   zero_init_last: bool = False
   stochastic: bool = False  # stochastic depth on
   stochastic_mode: str = "batch"
-  conv_impl: str = "xla"
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   @nn.compact
   def __call__(self, x, train: bool, survival=1.0, keep=1.0):
@@ -136,7 +137,7 @@ class ResidualUnit(nn.Module):
       elif self.unit == "relu_only_preact" and not (i == 0 and skip_first_pre):
         x = act(x)
       x = Conv(features, (k, k), (s, s), k // 2, not self.use_bn, groups,
-               self.conv_impl, he_init, dtype=self.dtype, name=f"conv{i}")(x)
+               self.kernels, he_init, dtype=self.dtype, name=f"conv{i}")(x)
       if self.unit == "relu_only_preact":
         x = self._bn(train, f"bn{i}", zero=last and self.zero_init_last)(x)
       elif self.unit != "full_preact":
@@ -156,10 +157,10 @@ class ResidualUnit(nn.Module):
       return activation(self.act) if act else lambda x: x
     init = nn.initializers.zeros if zero else nn.initializers.ones
     if act:
-      return bn_act(train, self.dtype, self.axis_name, self.act,
+      return bn_act(train, self.dtype, self.axis_name, self.kernels, self.act,
                     scale_init=init, name=name)
-    return batch_norm(train, self.dtype, self.axis_name, scale_init=init,
-                      name=name)
+    return batch_norm(train, self.dtype, self.axis_name, self.kernels,
+                      scale_init=init, name=name)
 
   # --- the shortcut ----------------------------------------------------------
 
@@ -174,7 +175,7 @@ class ResidualUnit(nn.Module):
       return x if not changes_shape else None
     if projects:
       y = Conv(self.features, (1, 1), (self.strides, self.strides), 0,
-               not self.use_bn, impl=self.conv_impl, kernel_init=he_init,
+               not self.use_bn, kernels=self.kernels, kernel_init=he_init,
                dtype=self.dtype, name="proj")(x)
       return self._bn(train, "proj_bn")(y)
     if changes_shape:  # option A: subsample, pad channels with zeros
@@ -200,12 +201,19 @@ class ResidualUnit(nn.Module):
       mask = jax.random.bernoulli(self.make_rng("dropout"), keep, short.shape)
       return residual, short * mask.astype(short.dtype)
     gate = nn.sigmoid(Conv(
-        x.shape[-1], (1, 1), impl=self.conv_impl, kernel_init=he_init,
+        x.shape[-1], (1, 1), kernels=self.kernels, kernel_init=he_init,
         bias_init=nn.initializers.constant(self.gate_bias_init),
         dtype=self.dtype, name="gate")(x))
     if variant == "exclusive_gating":
       return residual * gate, short * (1 - gate)
     return residual, short * (1 - gate)  # shortcut_gating
+
+
+# How ResNet hands its fields to each ResidualUnit (ResNet._unit_fields).
+UNIT_FIELDS_RENAMED = {"use_bn": "batch_norm", "act": "activation",
+                       "zero_init_last": "zero_init_residual"}
+UNIT_FIELDS_DERIVED = ("features", "strides", "bottleneck", "inner_width",
+                       "stochastic", "kernels")
 
 
 class ScannedUnits(nn.Module):
@@ -248,9 +256,9 @@ class ResNet(nn.Module):
   drop_blocks: Sequence[int] = ()
   block_order: Sequence[int] = ()
   scan_blocks: bool | None = None  # None: scan above SCAN_THRESHOLD blocks
-  conv_impl: str = "auto"  # auto | native | xla | matmul (see layers.Conv)
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   def __post_init__(self):
     check_choice("stem", self.stem, ("imagenet", "cifar"))
@@ -260,8 +268,6 @@ class ResNet(nn.Module):
     check_choice("stride_in", self.stride_in, ("1x1", "3x3"))
     check_choice("stochastic_mode", self.stochastic_mode, ("batch", "sample"))
     check_choice("block", self.block, ("", "basic", "bottleneck"))
-    check_choice("conv_impl", self.conv_impl,
-                 ("auto", "xla", "matmul", "native"))
     activation(self.activation)
     if not 0.0 < self.survival_prob_last <= 1.0:
       raise ValueError(f"survival_prob_last={self.survival_prob_last} must be "
@@ -308,17 +314,9 @@ class ResNet(nn.Module):
     return self.scan_blocks
 
   @property
-  def conv_impl_used(self) -> str:
-    """auto: oneDNN's convolutions on CPU where they are built; else matmul
-    convolutions inside scanned stages on CPU, where XLA's own convolution
-    falls to a slow kernel inside loops."""
-    if self.conv_impl != "auto":
-      return self.conv_impl
-    if not platform.is_cpu():
-      return "xla"
-    if native.available():
-      return "native"
-    return "matmul" if self.scanned else "xla"
+  def layer_kernels(self) -> Kernels:
+    """A scanned net computes every layer as its scanned stages do."""
+    return self.kernels.in_scan() if self.scanned else self.kernels
 
   def survival_probs(self) -> list[float]:
     """Linear decay p_l = 1 - (l/L)(1 - p_L), l = 1..L (Huang et al.)."""
@@ -390,25 +388,23 @@ class ResNet(nn.Module):
   # --- the network -------------------------------------------------------------
 
   def _unit_fields(self, stage: int, first: bool) -> dict[str, Any]:
+    """ResidualUnit's fields for a block of `stage`: those of the same name
+    copied (a new one is passed down by being added to both classes), the
+    renamed and the derived ones here (test_resnet checks the three cover
+    every field of ResidualUnit)."""
     bottleneck = self.block_kind == "bottleneck"
     width = self.stage_widths[stage]
     inner = (width * self.base_width // 64 * self.cardinality
              if bottleneck else 0)
-    return dict(
+    shared = {f: getattr(self, f) for f in UNIT_FIELDS_SHARED}
+    renamed = {unit: getattr(self, net) for unit, net in
+               UNIT_FIELDS_RENAMED.items()}
+    derived = dict(
         features=width * (4 if bottleneck else 1),
         strides=2 if first and stage > 0 else 1, bottleneck=bottleneck,
-        unit=self.unit, shortcut=self.shortcut,
-        shortcut_variant=self.shortcut_variant,
-        shortcut_scale=self.shortcut_scale,
-        scale_residual=self.scale_residual,
-        gate_bias_init=self.gate_bias_init,
-        shortcut_dropout=self.shortcut_dropout, plain=self.plain,
-        stride_in=self.stride_in, cardinality=self.cardinality,
-        inner_width=inner, use_bn=self.batch_norm, act=self.activation,
-        zero_init_last=self.zero_init_residual,
-        stochastic=self.survival_prob_last < 1.0,
-        stochastic_mode=self.stochastic_mode, conv_impl=self.conv_impl_used,
-        dtype=self.dtype, axis_name=self.axis_name)
+        inner_width=inner, stochastic=self.survival_prob_last < 1.0,
+        kernels=self.layer_kernels)
+    return {**shared, **renamed, **derived}
 
   @nn.compact
   def __call__(self, x, train: bool = False, keep=None):
@@ -431,8 +427,8 @@ class ResNet(nn.Module):
     else:
       x = self._unrolled_stages(x, train, survival, keep)
     if self.unit == "full_preact" and self.batch_norm:
-      x = bn_act(train, self.dtype, self.axis_name, self.activation,
-                 name="final_bn")(x)
+      x = bn_act(train, self.dtype, self.axis_name, self.layer_kernels,
+                 self.activation, name="final_bn")(x)
     elif self.unit in PREACT_UNITS:
       x = activation(self.activation)(x)
     x = jnp.mean(x, axis=(1, 2))
@@ -444,17 +440,17 @@ class ResNet(nn.Module):
     preact = self.unit in PREACT_UNITS
     if self.stem == "cifar":
       x = Conv(width, (3, 3), (1, 1), 1, not self.batch_norm,
-               impl=self.conv_impl_used, kernel_init=he_init,
+               kernels=self.layer_kernels, kernel_init=he_init,
                dtype=self.dtype, name="stem_conv")(x)
       if preact:  # the first unit's pre-activation does BN-ReLU
         return x
     else:
       x = Conv(width, (7, 7), (2, 2), 3, not self.batch_norm,
-               impl=self.conv_impl_used, kernel_init=he_init,
+               kernels=self.layer_kernels, kernel_init=he_init,
                dtype=self.dtype, name="stem_conv")(x)
     if self.batch_norm:
-      x = bn_act(train, self.dtype, self.axis_name, self.activation,
-                 name="stem_bn")(x)
+      x = bn_act(train, self.dtype, self.axis_name, self.layer_kernels,
+                 self.activation, name="stem_bn")(x)
     else:
       x = act(x)
     if self.stem == "imagenet":
@@ -498,6 +494,13 @@ class ResNet(nn.Module):
     return x
 
 
+UNIT_FIELDS_SHARED = tuple(
+    f.name for f in dataclasses.fields(ResidualUnit)
+    if f.name in {g.name for g in dataclasses.fields(ResNet)}
+    and f.name not in (*UNIT_FIELDS_RENAMED, *UNIT_FIELDS_DERIVED,
+                       "parent", "name"))
+
+
 def _register():
   paper_v1 = "He et al. 2016, Deep Residual Learning for Image Recognition"
   paper_v2 = "He et al. 2016, Identity Mappings in Deep Residual Networks"
@@ -533,6 +536,14 @@ def _register():
                                unit="full_preact", shortcut="B"),
                    paper=paper_v2, params=exact, params_paper=params,
                    error=err, **cifar)
+  # Any depth, for the configs: a run records the network it trains, not the
+  # nearest registered depth.
+  register_model("resnet_cifar", ResNet, fields=dict(
+      depth=20, stem="cifar", shortcut="A"), paper=paper_v1 + " (any 6n+2)",
+                 **cifar)
+  register_model("preact_resnet_cifar", ResNet, fields=dict(
+      depth=29, stem="cifar", block="bottleneck", unit="full_preact",
+      shortcut="B"), paper=paper_v2 + " (any depth)", **cifar)
   paper_x = "Xie et al. 2017, Aggregated Residual Transformations"
   for name, card, params, exact, err in (
       ("resnext29_8x64d", 8, 34.4e6, 34_426_698, 3.65),
@@ -552,48 +563,3 @@ def _register():
 
 
 _register()
-
-
-def unroll_variables(model: ResNet, variables: dict) -> dict:
-  """Variables of a scanned model in the unrolled layout: `stageK_rest`
-  (stacked along axis 0) becomes `stageK_block2`, `stageK_block3`, ..."""
-  out = {}
-  for collection, tree in variables.items():
-    tree = dict(tree)
-    for stage, n in enumerate(model.stage_sizes):
-      stacked = tree.pop(f"stage{stage + 1}_rest", None)
-      if stacked is None:
-        continue
-      for i in range(n - 1):
-        tree[f"stage{stage + 1}_block{i + 2}"] = jax.tree.map(
-            lambda a, i=i: a[i], stacked["unit"])
-    out[collection] = tree
-  return out
-
-
-def reorder_variables(model: ResNet, variables: dict,
-                      order: Sequence[int]) -> dict:
-  """Unrolled variables with block order[p]'s weights at position p: the
-  unrolled model then computes what `block_order=order` computes, without a
-  new compilation."""
-  model.clone(block_order=tuple(order))  # checks the permutation
-  names = [name for *_, name in model._units()]
-  out = {}
-  for collection, tree in variables.items():
-    tree = dict(tree)
-    moved = {names[p]: tree[names[b]] for p, b in enumerate(order)
-             if names[b] in tree}
-    tree.update(moved)
-    out[collection] = tree
-  return out
-
-
-def lesioned(model: ResNet, variables: dict, drop_blocks: Sequence[int] = (),
-             block_order: Sequence[int] = ()) -> tuple[ResNet, dict]:
-  """For the lesion experiment: a trained network and its variables, with
-  blocks removed and/or reordered (Veit et al. 2016), without retraining.
-  Scanned checkpoints are converted to the unrolled layout first."""
-  if model.scanned:
-    variables = unroll_variables(model, variables)
-  return model.clone(scan_blocks=False, drop_blocks=tuple(drop_blocks),
-                     block_order=tuple(block_order)), variables

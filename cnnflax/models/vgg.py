@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnnflax.backend.kernels import Kernels
 from cnnflax.models import register_model
 from cnnflax.models.layers import (LRN, ConvBNAct, activation, check_choice,
                                    check_rate)
@@ -52,6 +53,7 @@ class VGGFeatures(nn.Module):
   activation: str = "relu"
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -66,7 +68,7 @@ class VGGFeatures(nn.Module):
         k, features = map(int, layer[len("conv"):].split("-"))
         x = ConvBNAct(features, (k, k), batch_norm=self.batch_norm,
                       act=self.activation, dtype=self.dtype,
-                      axis_name=self.axis_name,
+                      axis_name=self.axis_name, kernels=self.kernels,
                       name=f"conv{stage}_{index}")(x, train)
         index += 1
     return x
@@ -95,6 +97,7 @@ class VGG(nn.Module):
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  kernels: Kernels = Kernels()  # how layers compute (the backend's)
 
   def __post_init__(self):
     check_choice("config", self.config, tuple(CONFIGS))
@@ -113,8 +116,8 @@ class VGG(nn.Module):
       raise ValueError(f"VGG takes inputs of at least 32x32 (five 2x2 "
                        f"poolings), got {x.shape[-3:-1]}")
     x = VGGFeatures(self.config, self.batch_norm, self.activation, self.dtype,
-                    self.axis_name, name="features")(x.astype(self.dtype),
-                                                     train)
+                    self.axis_name, self.kernels, name="features")(
+                        x.astype(self.dtype), train)
     first = "fc6" if self.head == "imagenet" else "fc1"
     x = (fc_windows(x, fc_window(self, first, x)) if dense
          else x.reshape(x.shape[0], -1))

@@ -10,8 +10,10 @@ Where there is no tcmalloc, glibc's `hugetlb` tunable backs those mmaps with
 2 MB transparent huge pages, 512x fewer faults.
 
 Both are chosen when a process starts (LD_PRELOAD, GLIBC_TUNABLES), so the
-entry points (main.py, python -m cnnflax.benchmark) call `use_fast()` first
-and re-execute themselves once with them set. CNNFLAX_ALLOCATOR picks:
+entry points (main.py, python -m cnnflax.benchmark ...) call
+`cnnflax.backend.start()` first, which re-executes them once with them set.
+config.backend.allocator (given on the command line), else
+CNNFLAX_ALLOCATOR, picks:
 
   auto      tcmalloc where found, else glibc with huge pages (the default)
   tcmalloc  tcmalloc, or a clear error where it is not installed
@@ -100,11 +102,13 @@ def plan(environ: Mapping[str, str], tcmalloc: Callable[[], str | None],
   return {}
 
 
-def use_fast() -> None:
-  """Re-executes this program once with a faster allocator where one helps.
-  Call it first thing in an entry point: nothing before it survives."""
+def use_fast(choice: str = "auto") -> None:
+  """Re-executes this program once with the allocator `choice` names where
+  it helps. Call it first thing in an entry point: nothing before it
+  survives."""
   try:
-    extra = plan(os.environ, find_tcmalloc, huge_pages_available)
+    extra = plan({**os.environ, ENV: choice}, find_tcmalloc,
+                 huge_pages_available)
   except ValueError as e:
     sys.exit(f"error: {e}")
   if not extra:
@@ -122,3 +126,16 @@ def use_fast() -> None:
 def describe() -> str:
   """The allocator this process runs with, for the log."""
   return os.environ.get(ACTIVE, "the C library's malloc")
+
+
+def kind() -> str:
+  """The allocator this process runs with, as config.backend.allocator
+  names it: tcmalloc, thp or system (or an allocator the user preloaded)."""
+  active = os.environ.get(ACTIVE, "")
+  if active.startswith("tcmalloc"):
+    return "tcmalloc"
+  if "huge pages" in active:
+    return "thp"
+  preload = os.environ.get("LD_PRELOAD", "")
+  return next((name for name in KNOWN_ALLOCATORS if name in preload),
+              "system")

@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from cnnflax import platform
 
 SOURCE = pathlib.Path(__file__).with_name("conv.cc")
 TARGETS = {"forward": "CnnflaxConvForward",
@@ -79,8 +78,6 @@ def _build(prefix: pathlib.Path, target: pathlib.Path) -> None:
 def available() -> bool:
   """Builds (once) and registers the oneDNN convolutions; False, with the
   reason logged, where there is no oneDNN wheel or no compiler."""
-  if os.environ.get("CNNFLAX_NATIVE_CONV", "1") == "0":
-    return False
   prefix = _onednn_prefix()
   if prefix is None:
     logging.warning("cnnflax: oneDNN not found (pip install onednn-cpu-gomp "
@@ -149,10 +146,8 @@ def _conv2d_bwd(strides, padding, saved, dy):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
-def supports(x: jax.Array, kernel: jax.Array, groups: int) -> bool:
-  """Whether conv2d can run this convolution on the platform being built
-  for (CPU, one group, f32 or bf16, oneDNN built)."""
-  return (groups == 1 and x.ndim == 4
-          and x.dtype in (jnp.float32, jnp.bfloat16)
-          and kernel.dtype == x.dtype
-          and platform.is_cpu() and available())
+def supports(x: jax.Array, kernel: jax.Array) -> bool:
+  """Whether conv2d can run this convolution (NHWC, f32 or bf16, oneDNN
+  built). The backend chooses it for XLA:CPU only."""
+  return (x.ndim == 4 and x.dtype in (jnp.float32, jnp.bfloat16)
+          and kernel.dtype == x.dtype and available())

@@ -1,0 +1,92 @@
+"""The implementations a model's layers run, chosen by the backend.
+
+A model describes its paper's network; how a convolution or a BatchNorm is
+computed is a `Kernels` value that the backend resolves for the platform
+(cnnflax.backend.resolve) and the run hands to the model as its `kernels`
+field. Every implementation computes the same function, to float rounding;
+only speed differs. The default, `Kernels()`, runs XLA's own convolutions on
+any platform.
+
+Convolutions (`conv2d`):
+  xla     lax.conv_general_dilated
+  onednn  oneDNN's, through jax.ffi (cnnflax.backend.native; XLA:CPU only,
+          one group, f32/bf16; others fall back to xla). On a 2-core AVX-512
+          CPU the train step runs 1.12-1.84x faster with them (benchmarks/).
+  matmul  the input's patches times one matmul. Inside a scanned loop XLA:CPU
+          runs lax.conv with a naive kernel, about 20x slower than this form.
+A depthwise convolution (groups == input == output channels) runs
+`depthwise`: xla, or matmul, the shifted inputs weighted per channel and
+summed (XLA:CPU's own depthwise convolutions are 7-30x slower).
+BatchNorm: vjp (norm.py's hand-written VJP with the ReLU fused) or autodiff.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+CONV = ("xla", "onednn", "matmul")
+DEPTHWISE = ("xla", "matmul")
+BATCH_NORM = ("vjp", "autodiff")
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+  conv: str = "xla"  # every convolution of one group (CONV)
+  scanned_conv: str = "xla"  # those inside nn.scan stages (CONV)
+  depthwise: str = "xla"  # DEPTHWISE
+  batch_norm: str = "vjp"  # BATCH_NORM
+
+  def __post_init__(self):
+    for field, options in (("conv", CONV), ("scanned_conv", CONV),
+                           ("depthwise", DEPTHWISE),
+                           ("batch_norm", BATCH_NORM)):
+      value = getattr(self, field)
+      if value not in options:
+        raise ValueError(f"backend.{field}={value!r} is not valid; choose "
+                         f"one of: {', '.join(options)}")
+
+  def in_scan(self) -> Kernels:
+    """The kernels of layers inside a scanned loop."""
+    return dataclasses.replace(self, conv=self.scanned_conv)
+
+  def conv2d(self, x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+             padding: int, groups: int) -> jax.Array:
+    """NHWC x HWIO -> NHWC with `padding` zeros on every side."""
+    depthwise = groups == x.shape[-1] == kernel.shape[-1] and groups > 1
+    if depthwise and self.depthwise == "matmul":
+      return sum(w * kernel[i, j, 0]
+                 for (i, j), w in _windows(x, kernel, strides, padding))
+    if groups == 1 and self.conv == "onednn":
+      from cnnflax.backend import native
+      if native.supports(x, kernel):
+        pads = ((padding, padding), (padding, padding))
+        return native.conv2d(x, kernel, strides, pads)
+    if groups == 1 and self.conv == "matmul":
+      return _matmul(x, kernel, strides, padding)
+    return jax.lax.conv_general_dilated(
+        x, kernel, strides, [(padding, padding)] * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups)
+
+
+def _windows(x, kernel, strides, padding):
+  """((i, j), the input under kernel tap (i, j) at every output place)."""
+  kh, kw = kernel.shape[:2]
+  sh, sw = strides
+  if padding:
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  oh = (x.shape[1] - kh) // sh + 1
+  ow = (x.shape[2] - kw) // sw + 1
+  rows, cols = sh * (oh - 1) + 1, sw * (ow - 1) + 1
+  return [((i, j), x[:, i:i + rows:sh, j:j + cols:sw])
+          for i in range(kh) for j in range(kw)]
+
+
+def _matmul(x, kernel, strides, padding):
+  kh, kw, cin, cout = kernel.shape
+  windows = [w for _, w in _windows(x, kernel, strides, padding)]
+  patches = windows[0] if len(windows) == 1 else jnp.concatenate(
+      windows, axis=-1)
+  return patches @ kernel.reshape(kh * kw * cin, cout)

@@ -37,7 +37,13 @@ def test_main_on_synthetic(tmp_path):
     results = json.load(f)
   assert results["steps"] == 4 and results["params"] == 61_706
   with open(tmp_path / "config.json") as f:
-    assert json.load(f)["model"]["name"] == "lenet5_modern"
+    recorded = json.load(f)
+  assert recorded["model"]["name"] == "lenet5_modern"
+  # The run set cnnflax's XLA options before jax started its backend.
+  from cnnflax import backend
+  assert recorded["backend"]["xla_flags"] == backend.with_xla_defaults(
+      "--xla_force_host_platform_device_count=1").split()
+  assert recorded["backend"]["platform"] == "cpu"
 
 
 def test_main_on_digits_learns(tmp_path):

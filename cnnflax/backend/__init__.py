@@ -89,13 +89,13 @@ def resolve(section: Mapping, check_process: bool = True) -> Backend:
   the field). With `check_process`, also this process's: the XLA flags are
   set if jax's backend has not started yet, and the allocator must be the
   one the section names."""
-  platforms = parse_platforms(section["platform"])
-  kernels = resolve_kernels(section, platforms)
   flags = os.environ.get("XLA_FLAGS", "")
   active = allocator.kind()
-  if check_process:
+  if check_process:  # first: asking jax for its platform starts its backend
     flags = _apply_xla_flags(bool(section["xla_defaults"]))
     _check_allocator(section["allocator"], active)
+  platforms = parse_platforms(section["platform"])
+  kernels = resolve_kernels(section, platforms)
   return Backend(platforms, kernels, active, tuple(flags.split()))
 
 

@@ -18,9 +18,9 @@ from absl import logging
 
 from cnnflax import backend, checkpoint, data, models, optim, paths
 from cnnflax import step as step_lib
+from cnnflax.backend.kernels import Kernels
 from cnnflax.config_check import check_config, check_schedule
 from cnnflax.data import stream
-from cnnflax.backend.kernels import Kernels
 from cnnflax.errors import ConfigError, NumericalError, Stopped
 
 

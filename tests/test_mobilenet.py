@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cnnflax import models, summary
+from cnnflax.backend.kernels import Kernels
 from cnnflax.errors import ConfigError
 from cnnflax.models.layers import Conv
 from cnnflax.models.mobilenet import make_divisible
@@ -108,12 +109,14 @@ def test_bad_fields_are_refused(name, fields, message):
 @pytest.mark.parametrize("strides", [1, 2])
 def test_weighted_sum_depthwise_is_lax_conv(strides):
   x = jax.random.normal(jax.random.key(0), (2, 9, 9, 5))
-  layer = Conv(5, (3, 3), (strides, strides), 1, groups=5, impl="matmul")
+  layer = Conv(5, (3, 3), (strides, strides), 1, groups=5)
   variables = layer.init(jax.random.key(1), x)
 
-  def value_and_grads(impl):
+  def value_and_grads(depthwise):
+    kernels = Kernels(depthwise=depthwise)
     def f(variables, x):
-      return jnp.sum(jnp.sin(layer.clone(impl=impl).apply(variables, x)))
+      return jnp.sum(jnp.sin(layer.clone(kernels=kernels).apply(variables,
+                                                                 x)))
     return jax.value_and_grad(f, argnums=(0, 1))(variables, x)
 
   for got, want in zip(jax.tree.leaves(value_and_grads("matmul")),

@@ -68,9 +68,7 @@ class Backend:
 def start() -> None:
   """The entry points' first call, before jax loads: re-executes the process
   once with the chosen allocator (nothing before this call survives)."""
-  choice = _argv_value("--config.backend.allocator") or os.environ.get(
-      allocator.ENV, "auto")
-  allocator.use_fast(choice)
+  allocator.use_fast(_argv_value("--config.backend.allocator"))
 
 
 def _argv_value(flag: str) -> str | None:

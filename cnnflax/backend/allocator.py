@@ -102,13 +102,14 @@ def plan(environ: Mapping[str, str], tcmalloc: Callable[[], str | None],
   return {}
 
 
-def use_fast(choice: str = "auto") -> None:
-  """Re-executes this program once with the allocator `choice` names where
-  it helps. Call it first thing in an entry point: nothing before it
-  survives."""
+def use_fast(choice: str | None = None) -> None:
+  """Re-executes this program once with the allocator `choice` (default:
+  $CNNFLAX_ALLOCATOR, else auto) names where it helps. Call it first thing
+  in an entry point: nothing before it survives."""
+  environ = dict(os.environ) if choice is None else {**os.environ,
+                                                     ENV: choice}
   try:
-    extra = plan({**os.environ, ENV: choice}, find_tcmalloc,
-                 huge_pages_available)
+    extra = plan(environ, find_tcmalloc, huge_pages_available)
   except ValueError as e:
     sys.exit(f"error: {e}")
   if not extra:

@@ -30,7 +30,8 @@ if __name__ == "__main__":  # before jax loads: nothing before it survives
 import jax
 from absl import app, flags
 
-from cnnflax import checkpoint, data, paths, train
+from cnnflax import checkpoint, data, paths
+from cnnflax import run as run_lib
 from cnnflax.benchmark import synthetic_like
 
 FLAGS = flags.FLAGS  # --config comes with cnnflax.benchmark
@@ -63,7 +64,7 @@ def one_save(run, state, train_fn, arrays, batch, folder, background: bool,
 def main(argv):
   del argv
   config = FLAGS.config
-  run = train.Run(synthetic_like(config), workdir="")
+  run = run_lib.Run(synthetic_like(config), workdir="")
   state = run.devices.replicate(run.init_state())
   arrays = run.devices.replicate(
       data.device_arrays(run.dataset, run.config.dataset, True))

@@ -40,7 +40,8 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from cnnflax import data, train
+from cnnflax import data
+from cnnflax import run as run_lib
 from cnnflax.backend import allocator
 from cnnflax.data import imagenet_like
 from cnnflax.errors import ConfigError
@@ -83,7 +84,7 @@ def benchmark(config: ml_collections.ConfigDict, steps: int,
   and taking the median keeps a noisy machine's outliers out cheaply."""
   if trials < 1:
     raise ValueError(f"trials={trials} is not valid; choose 1 or more")
-  run = train.Run(synthetic_like(config), workdir="")
+  run = run_lib.Run(synthetic_like(config), workdir="")
   start = time.perf_counter()
   state = jax.block_until_ready(run.init_state())
   init_s = time.perf_counter() - start
@@ -174,7 +175,7 @@ def input_benchmark(config: ml_collections.ConfigDict, workers: int,
       imagenet_like.write_tfds(tmp, images, 1)
       generate_s = time.perf_counter() - start
       config.dataset.name, config.dataset.data_dir = "imagenet2012", tmp
-    run = train.Run(config, workdir="")
+    run = run_lib.Run(config, workdir="")
     if not run.streamed:
       raise ConfigError(f"config.dataset.name={config.dataset.name!r} is "
                         "held in memory, not streamed; --input times streamed "

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import ml_collections
 
-from cnnflax import data, models
+from cnnflax import data, models, optim, step
 from cnnflax.backend import allocator, kernels
 from cnnflax.errors import ConfigError
 
@@ -95,7 +95,7 @@ FIELDS: dict[str, Rule] = {
     "eval_batch_size": POSITIVE_INT,
     "num_epochs": number(),
     "num_train_steps": number(integer=True),
-    "optimizer.name": choice("sgd", "rmsprop", "adam"),
+    "optimizer.name": choice(*optim.OPTIMIZERS),
     "optimizer.learning_rate": number(0, low_open=True),
     "optimizer.momentum": number(0, 1),
     "optimizer.nesterov": boolean,
@@ -106,9 +106,9 @@ FIELDS: dict[str, Rule] = {
     "optimizer.b1": number(0, 1),
     "optimizer.b2": number(0, 1),
     "optimizer.grad_clip_norm": number(0),
-    "schedule.name": choice("constant", "piecewise", "cosine", "exponential"),
+    "schedule.name": choice(*optim.SCHEDULES),
     "schedule.boundaries": numbers,
-    "schedule.boundaries_unit": choice("steps", "epochs", "fraction"),
+    "schedule.boundaries_unit": choice(*optim.BOUNDARY_UNITS),
     "schedule.decay_factor": number(0, low_open=True),
     "schedule.decay_every_epochs": number(0, low_open=True),
     "schedule.warmup_steps": COUNT,
@@ -120,7 +120,7 @@ FIELDS: dict[str, Rule] = {
     "aux_loss_weights": numbers,
     "seed": COUNT,
     "half_precision": boolean,
-    "parallelism": choice("shard_map", "pmap"),
+    "parallelism": choice(*step.PARALLELISM),
     "batch_norm_sync": boolean,
     "log_every_steps": POSITIVE_INT,
     "eval_every_steps": number(-1, integer=True),
@@ -184,19 +184,3 @@ def _check_scale_range(cfg: ml_collections.ConfigDict) -> None:
         f"config.dataset.scale_range={tuple(cfg.scale_range)} is not valid; "
         f"give (S_min, S_max), whole numbers with image_size "
         f"{cfg.image_size} <= S_min <= S_max, e.g. (256, 512)")
-
-
-def check_schedule(config: ml_collections.ConfigDict, boundaries: list[int],
-                   warmup: int, num_steps: int) -> None:
-  """Combinations that need the dataset size to check."""
-  if warmup >= num_steps:
-    raise ConfigError(
-        f"config.schedule.warmup_steps/warmup_epochs give {warmup} warm-up "
-        f"steps, not fewer than the {num_steps} training steps; shorten the "
-        "warm-up or train longer")
-  for b in boundaries:
-    if not 0 < b < num_steps:
-      raise ConfigError(
-          f"config.schedule.boundaries={tuple(config.schedule.boundaries)} "
-          f"puts a boundary at step {b}, outside the {num_steps} training "
-          f"steps; boundaries are in {config.schedule.boundaries_unit}")

@@ -7,7 +7,7 @@
 through torch, which cnnflax does not otherwise need) or a `.safetensors`
 file (read without torch). The workdir gets `config.json` (configs/default.py
 with the ImageNet settings, the model and the fields the import needed) and
-the checkpoint of step 0 that `train.Run` would restore: parameters, BatchNorm
+the checkpoint of step 0 that `run.Run` would restore: parameters, BatchNorm
 statistics, a fresh optimizer state. Evaluation, fine-tuning (`main.py` on
 the same workdir resumes from it) and experiments/table6_lesion.py read it as
 any run of theirs.
@@ -45,6 +45,7 @@ import ml_collections
 import numpy as np
 
 from cnnflax import checkpoint, data, models, optim, paths
+from cnnflax import run as run_lib
 from cnnflax import step as step_lib
 from cnnflax.errors import CheckpointError, ConfigError
 from cnnflax.models import layers, mobilenet, norm, vgg
@@ -511,12 +512,11 @@ def make_config(spec: Source, image_size: int = 0) -> ml_collections.ConfigDict:
 
 
 def run_identity(config: ml_collections.ConfigDict) -> dict:
-  """What train.run_identity gives for this config, without loading the
+  """What run.run_identity gives for this config, without loading the
   dataset (its shape and class count come from data.image_shape /
-  data.num_classes, as train.Run's checks agree)."""
-  from cnnflax import train
+  data.num_classes, as run.Run's checks agree)."""
   axis = step_lib.AXIS if config.batch_norm_sync else None
-  return train.run_identity(config, train.build_model(config, axis),
+  return run_lib.run_identity(config, run_lib.build_model(config, axis),
                             data.image_shape(config.dataset),
                             data.num_classes(config.dataset))
 
@@ -740,8 +740,7 @@ def convert(source: str, weights_path: str, workdir: str,
   spec = source_spec(source)
   config = make_config(spec, image_size)
   identity = run_identity(config)  # validates the model's fields
-  from cnnflax import train
-  model = train.build_model(config, None)
+  model = run_lib.build_model(config, None)
   image_shape = data.image_shape(config.dataset)
   ckpt_dir = paths.path(workdir) / "checkpoints"
   if ckpt_dir.exists() and any(ckpt_dir.iterdir()):
@@ -782,9 +781,8 @@ def load(workdir: str) -> tuple[nn.Module, dict, ml_collections.ConfigDict]:
   """(model, {"params", "batch_stats"}, config) of a workdir's newest
   checkpoint, without its dataset: the evaluation model of an import (or of
   any ImageNet run)."""
-  from cnnflax import train
-  config = train.saved_config(workdir)
-  model = train.build_model(config, None)
+  config = run_lib.saved_config(workdir)
+  model = run_lib.build_model(config, None)
   image_shape = tuple(data.image_shape(config.dataset))
   variables = trace(model, image_shape).variables
   abstract = jax.eval_shape(lambda: step_lib.init_state(

@@ -67,12 +67,12 @@ if __name__ == "__main__":  # before jax loads: nothing before it survives
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from jax import lax
 
 from cnnflax import data, paths, train
+from cnnflax import run as run_lib
 from cnnflax import step as step_lib
 from cnnflax.data import stream
 from cnnflax.data.sources import Arrays
@@ -107,13 +107,13 @@ class Member:
 
   def __init__(self, workdir: str, options: Options, devices=None):
     self.workdir = workdir
-    config = train.saved_config(workdir)
+    config = run_lib.saved_config(workdir)
     if options.data_dir:
       config.dataset.data_dir = options.data_dir
     if options.workers >= 0:
       config.dataset.workers = options.workers
     self.config = config
-    self.run = train.Run(config, workdir, devices)
+    self.run = run_lib.Run(config, workdir, devices)
     self.split = options.split or _default_split(self.run)
     self.run.dataset = dataclasses.replace(
         self.run.dataset, test=_split(self.run, self.split))
@@ -161,14 +161,14 @@ class Member:
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def _default_split(run: train.Run) -> str:
+def _default_split(run: run_lib.Run) -> str:
   if isinstance(run.dataset.test, Arrays):
     return "test"
   return "validation" if "validation" in data.prepared(
       run.config.dataset).splits else "test"
 
 
-def _split(run: train.Run, name: str):
+def _split(run: run_lib.Run, name: str):
   if isinstance(run.dataset.test, Arrays):
     if name not in ("train", "test"):
       raise ConfigError(f"--split={name}: {run.config.dataset.name} is held "
@@ -382,7 +382,7 @@ def _gather(x: jax.Array) -> jax.Array:
 _PROGRAMS: dict[tuple, Callable] = {}
 
 
-def _program(run: train.Run, kind: str, flip: bool) -> Callable:
+def _program(run: run_lib.Run, kind: str, flip: bool) -> Callable:
   """(variables, arrays, batch) -> {"logp": each example's log averaged
   probabilities, "label", "mask"}, all gathered over the devices in global
   batch order. kind: center (one view), crops ([b, 5, h, w, c] crops and
@@ -396,7 +396,7 @@ def _program(run: train.Run, kind: str, flip: bool) -> Callable:
   return _PROGRAMS[key]
 
 
-def _make_program(run: train.Run, kind: str, flip: bool) -> Callable:
+def _make_program(run: run_lib.Run, kind: str, flip: bool) -> Callable:
   model = run.model
   pre = data.device_preprocess(run.dataset, run.config.dataset, False,
                                run.dtype)
@@ -435,7 +435,7 @@ def _make_program(run: train.Run, kind: str, flip: bool) -> Callable:
   return run.devices.map_eval(program)
 
 
-def _collect(run: train.Run, fn: Callable, variables, arrays,
+def _collect(run: run_lib.Run, fn: Callable, variables, arrays,
              batches: Iterator[tuple[dict, np.ndarray, np.ndarray,
                                      np.ndarray]]) -> None:
   """Runs `fn` on each (host batch, its global indices, out, labels) and

@@ -1,4 +1,8 @@
-"""The optimizer and learning-rate schedule that a config asks for."""
+"""The optimizer and learning-rate schedule that a config asks for.
+
+config_check validates the fields (their option lists are the names here);
+`schedule_steps` checks what needs the run's length, once, for
+`create_schedule`."""
 from __future__ import annotations
 
 import math
@@ -17,19 +21,35 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
   return max(1, int(math.ceil(config.num_epochs * steps_per_epoch)))
 
 
-def boundaries_in_steps(sched: ml_collections.ConfigDict, steps_per_epoch: int,
-                        num_steps: int) -> list[int]:
-  scale = {"steps": 1, "epochs": steps_per_epoch, "fraction": num_steps}
-  if sched.boundaries_unit not in scale:
+SCHEDULES = ("constant", "piecewise", "cosine", "exponential")
+BOUNDARY_UNITS = ("steps", "epochs", "fraction")
+OPTIMIZERS = ("sgd", "rmsprop", "adam")
+
+
+def schedule_steps(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                   num_steps: int) -> tuple[list[int], int]:
+  """The piecewise boundaries (none for other schedules) and the warm-up, in
+  steps; ConfigError where they do not fit in the run's `num_steps`."""
+  sched = config.schedule
+  warmup = int(sched.warmup_steps
+               + round(sched.warmup_epochs * steps_per_epoch))
+  if warmup >= num_steps:
     raise ConfigError(
-        f"config.schedule.boundaries_unit={sched.boundaries_unit!r} is not "
-        "valid; choose steps, epochs or fraction")
-  unit = scale[sched.boundaries_unit]
-  return [int(round(b * unit)) for b in sched.boundaries]
-
-
-def warmup_steps(sched: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-  return int(sched.warmup_steps + round(sched.warmup_epochs * steps_per_epoch))
+        f"config.schedule.warmup_steps/warmup_epochs give {warmup} warm-up "
+        f"steps, not fewer than the {num_steps} training steps; shorten the "
+        "warm-up or train longer")
+  if sched.name != "piecewise":
+    return [], warmup
+  unit = {"steps": 1, "epochs": steps_per_epoch,
+          "fraction": num_steps}[sched.boundaries_unit]
+  bounds = [int(round(b * unit)) for b in sched.boundaries]
+  for b in bounds:
+    if not 0 < b < num_steps:
+      raise ConfigError(
+          f"config.schedule.boundaries={tuple(sched.boundaries)} puts a "
+          f"boundary at step {b}, outside the {num_steps} training steps; "
+          f"boundaries are in {sched.boundaries_unit}")
+  return bounds, warmup
 
 
 def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
@@ -42,11 +62,10 @@ def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
   """
   sched = config.schedule
   base = config.optimizer.learning_rate
-  warm = warmup_steps(sched, steps_per_epoch)
+  bounds, warm = schedule_steps(config, steps_per_epoch, num_steps)
   if sched.name == "constant":
     main = optax.constant_schedule(base)
   elif sched.name == "piecewise":
-    bounds = boundaries_in_steps(sched, steps_per_epoch, num_steps)
     main = optax.piecewise_constant_schedule(
         base, {b: sched.decay_factor for b in bounds})
   elif sched.name == "cosine":
@@ -54,13 +73,10 @@ def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
         base, max(1, num_steps - warm),
         alpha=sched.final_learning_rate / base if base else 0.)
     main = lambda step: cosine(jnp.maximum(step - warm, 0))
-  elif sched.name == "exponential":
+  else:  # exponential (config_check allows SCHEDULES only)
     every = max(1, int(round(sched.decay_every_epochs * steps_per_epoch)))
     main = optax.exponential_decay(base, every, sched.decay_factor,
                                    staircase=True)
-  else:
-    raise ConfigError(f"config.schedule.name={sched.name!r} is not valid; "
-                      "choose constant, piecewise, cosine or exponential")
   if warm <= 0:
     return main
   start = sched.warmup_learning_rate
@@ -98,10 +114,7 @@ def _update_rule(opt, schedule):
     # TF's RMSProp (Inception v3): epsilon inside the square root.
     return optax.rmsprop(schedule, decay=opt.rmsprop_decay, eps=opt.epsilon,
                          momentum=opt.momentum or None, eps_in_sqrt=True)
-  if opt.name == "adam":
-    return optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.epsilon)
-  raise ConfigError(f"config.optimizer.name={opt.name!r} is not valid; "
-                    "choose sgd, rmsprop or adam")
+  return optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.epsilon)
 
 
 def _matrices_only(params):

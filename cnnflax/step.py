@@ -25,6 +25,7 @@ from cnnflax.data import augment
 from cnnflax.errors import ConfigError
 
 AXIS = "batch"
+PARALLELISM = ("shard_map", "pmap")  # config.parallelism (config_check)
 Batch = dict[str, Any]
 
 
@@ -205,9 +206,6 @@ class Devices:
   """
 
   def __init__(self, parallelism: str = "shard_map", devices=None):
-    if parallelism not in ("shard_map", "pmap"):
-      raise ConfigError(f"config.parallelism={parallelism!r} is not valid; "
-                        "choose shard_map or pmap")
     self.parallelism = parallelism
     self.devices = list(devices if devices is not None else jax.devices())
     self.local_devices = [d for d in self.devices

@@ -122,8 +122,9 @@ def format_table(rows: list[Row]) -> str:
 
 
 def model_and_shape(config: ml_collections.ConfigDict):
-  from cnnflax import data, train
-  return train.build_model(config, None), data.image_shape(config.dataset)
+  from cnnflax import data
+  from cnnflax import run as run_lib
+  return run_lib.build_model(config, None), data.image_shape(config.dataset)
 
 
 def main(argv):

@@ -114,9 +114,9 @@ def study(evaluator: lesion.Evaluator, samples: int, seed: int) -> dict:
 
 
 def restore(config, workdir: str):
-  """The trained run's train.Run and its last checkpoint's variables."""
-  from cnnflax import train
-  run = train.Run(config, workdir)
+  """The trained run's run.Run and its last checkpoint's variables."""
+  from cnnflax import run as run_lib
+  run = run_lib.Run(config, workdir)
   ckpts = run.checkpoints()
   state, _ = ckpts.restore(jax.device_get(run.init_state()))
   ckpts.close()

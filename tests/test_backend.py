@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from cnnflax import backend, models, train
+from cnnflax import run as run_lib
 from cnnflax.backend import allocator, native
 from cnnflax.backend.kernels import Kernels
 from cnnflax.errors import ConfigError
@@ -67,7 +68,7 @@ def test_bad_choices_name_the_field(fields, message):
 ])
 def test_a_run_refuses_bad_backend_fields_in_one_line(key, value, message):
   with pytest.raises(ConfigError) as error:
-    train.Run(tiny_config(**{key: value}), workdir="unused")
+    run_lib.Run(tiny_config(**{key: value}), workdir="unused")
   assert str(error.value).startswith(message)
   assert "\n" not in str(error.value)
 
@@ -183,4 +184,4 @@ def test_a_runs_config_json_holds_the_resolved_backend(tmp_path):
   assert recorded["xla_flags"] == os.environ["XLA_FLAGS"].split()
   assert "--xla_cpu_opt_preset=FAST_COMPILE" in recorded["xla_flags"]
   # Read back for evaluation, the record gives way to this machine's choice.
-  assert train.saved_config(workdir).backend.conv == "auto"
+  assert run_lib.saved_config(workdir).backend.conv == "auto"

@@ -1,7 +1,8 @@
 """Every config field is validated before anything runs."""
 import pytest
 
-from cnnflax import config_check, train
+from cnnflax import config_check
+from cnnflax import run as run_lib
 from cnnflax.errors import ConfigError, DataError
 from configs import default
 from tests.conftest import tiny_config
@@ -76,7 +77,7 @@ BAD = [
 def test_bad_config_gets_a_one_line_error(overrides, message):
   config = tiny_config(**overrides)
   with pytest.raises(ConfigError) as info:
-    train.Run(config, "").init_state()
+    run_lib.Run(config, "").init_state()
   assert message in str(info.value)
   assert "\n" not in str(info.value)
 
@@ -86,9 +87,9 @@ def test_boundary_past_the_end_of_training_is_refused():
                           "schedule.boundaries": (2, 90),
                           "schedule.boundaries_unit": "steps"})
   with pytest.raises(ConfigError, match="outside the 6 training steps"):
-    train.Run(config, "")
+    run_lib.Run(config, "")
 
 
 def test_unknown_dataset_is_a_data_error():
   with pytest.raises(DataError, match="config.dataset.name='mnist2'"):
-    train.Run(tiny_config(**{"dataset.name": "mnist2"}), "")
+    run_lib.Run(tiny_config(**{"dataset.name": "mnist2"}), "")

@@ -303,7 +303,7 @@ def test_command_line(resnet18_weights, tmp_path):
 def test_the_lesion_experiment_restores_an_import(resnet18_weights, tmp_path,
                                                   monkeypatch):
   """experiments/table6_lesion.py restores a converted workdir through
-  train.Run, as it does its own runs (the ImageNet data stood in for)."""
+  run_lib.Run, as it does its own runs (the ImageNet data stood in for)."""
   run = str(tmp_path / "run")
   convert.convert("torchvision:resnet18", resnet18_weights.pth, run)
   _, want, config = convert.load(run)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from conftest import ROOT, tiny_config
 from cnnflax import evaluate, models, paths, train
+from cnnflax import run as run_lib
 from cnnflax.data import augment, tfds_files
 from cnnflax.errors import CheckpointError, ConfigError
 from cnnflax.evaluate import Options
@@ -25,7 +26,7 @@ CLASSES = 5
 def init_workdir(config, workdir, seed=0) -> str:
   """A workdir as a weight converter writes one: config.json and checkpoint
   0 holding given weights (here He-normal draws; nothing compiles)."""
-  run = train.Run(config, str(workdir))
+  run = run_lib.Run(config, str(workdir))
   shapes = jax.eval_shape(run.init_state)
   rng = np.random.default_rng(seed)
 

@@ -4,6 +4,7 @@ import jax
 import numpy as np
 
 from cnnflax import lesion, train
+from cnnflax import run as run_lib
 from tests.conftest import tiny_config
 
 
@@ -13,7 +14,7 @@ def trained(tmp_path):
                           "eval_batch_size": 16})
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config, workdir)
-  run = train.Run(config, workdir)
+  run = run_lib.Run(config, workdir)
   ckpts = run.checkpoints()
   state, _ = ckpts.restore(jax.device_get(run.init_state()))
   ckpts.close()

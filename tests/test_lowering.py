@@ -1,7 +1,7 @@
 """Every registered model's train and eval steps lower for GPU and TPU.
 
 CI has no accelerator, but jax lowers a program for a platform without its
-hardware. The steps are the ones `train.Run` builds (jit over shard_map on
+hardware. The steps are the ones `run_lib.Run` builds (jit over shard_map on
 the 8 fake CPU devices), traced with abstract state and batches (nothing is
 initialised, the steps never compile) with config.backend.platform naming
 them, so that they carry the kernels those platforms get: never the oneDNN
@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from tests.conftest import tiny_config
 
-from cnnflax import data, models, train
+from cnnflax import data, models
+from cnnflax import run as run_lib
 from cnnflax.backend import native
 from cnnflax import step as step_lib
 
@@ -60,7 +61,7 @@ def abstract(tree):
       tree)
 
 
-def aux_heads(run: train.Run, state) -> int:
+def aux_heads(run: run_lib.Run, state) -> int:
   """How many auxiliary classifiers the model has in training. Only families
   with an `aux_logits` field have them; others are not traced again."""
   info = models.model_info(run.config.model.name)
@@ -114,7 +115,7 @@ def lowered_steps(name: str, targets: tuple[str, ...]) -> dict[str, str]:
   """The StableHLO text of `name`'s train and eval steps, traced once as
   `targets` would trace them and lowered for all of them together."""
   with collector_frozen():
-    run = train.Run(lowering_config(name, targets), workdir="unused")
+    run = run_lib.Run(lowering_config(name, targets), workdir="unused")
     state = jax.eval_shape(run.init_state)
     # Weight every auxiliary head, so that their backward passes lower too.
     run.config.aux_loss_weights = (0.3,) * aux_heads(run, state)

@@ -1,5 +1,4 @@
 """oneDNN convolutions (cnnflax.native) against lax.conv_general_dilated."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

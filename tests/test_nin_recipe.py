@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnnflax import data, models, train
+from cnnflax import data, models
+from cnnflax import run as run_lib
 from cnnflax.models import nin
 from configs import nin_cifar
 
@@ -56,7 +57,7 @@ def test_cifar_start_is_the_authors_but_for_the_class_map_biases(
   plain = jax.eval_shape(models.get_model("nin_cifar").init, jax.random.key(0),
                          jnp.zeros((1, 32, 32, 3)))["params"]
   assert jax.tree.structure(plain) == jax.tree.structure(recipe_params)
-  assert train.count_params(recipe_params) == 966_986
+  assert run_lib.count_params(recipe_params) == 966_986
 
 
 def test_imagenet_paper_start_is_the_authors():
@@ -100,7 +101,7 @@ def first_steps(steps=6):
   c.batch_size = c.eval_batch_size = 16
   c.num_train_steps = steps
   c.schedule.name = "constant"  # the rate before the first division
-  run = train.Run(c, "", devices=jax.devices()[:1])
+  run = run_lib.Run(c, "", devices=jax.devices()[:1])
   paper = jax.device_get(run.init_state())
   he = paper.replace(params=he_scaled(paper.params))
   fn = run.train_fn()

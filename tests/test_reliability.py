@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from cnnflax import checkpoint, train
+from cnnflax import run as run_lib
 from cnnflax.errors import CheckpointError, NumericalError, Stopped
 from tests.conftest import ROOT, tiny_config
 from tests.test_cli import TINY
@@ -212,7 +213,7 @@ def test_background_save_matches_waiting_for_each_save(tmp_path):
   a, b = str(tmp_path / "async"), str(tmp_path / "sync")
   train.train_and_evaluate(config, a)
   train.train_and_evaluate(waiting, b)
-  template = jax.device_get(train.Run(config, a).init_state())
+  template = jax.device_get(run_lib.Run(config, a).init_state())
   for step in range(1, 7):
     states = [checkpoint.Checkpoints(os.path.join(w, "checkpoints"), 6,
                                      {}).restore(template, step)[0]

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
-from cnnflax import data, step, train
+from cnnflax import data, step
+from cnnflax import run as run_lib
 from tests.conftest import tiny_config
 
 
@@ -17,7 +18,7 @@ def bn_config(**overrides):
 
 def one_step(config, devices):
   """(initial host state, state after one step, metric sums) on `devices`."""
-  run = train.Run(config, "", devices=devices)
+  run = run_lib.Run(config, "", devices=devices)
   init = jax.device_get(run.init_state())
   state = run.devices.replicate(init)
   arrays = run.devices.replicate(
@@ -94,7 +95,7 @@ def test_example_words_do_not_depend_on_device_count():
 def test_batch_not_divisible_by_devices_is_refused():
   from cnnflax.errors import ConfigError
   with pytest.raises(ConfigError, match=r"config.batch_size=12 is not divisible by the 8 devices"):
-    train.Run(tiny_config(batch_size=12), "")
+    run_lib.Run(tiny_config(batch_size=12), "")
 
 
 def test_half_precision_trains_in_bfloat16_with_float32_params():

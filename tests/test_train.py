@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cnnflax import checkpoint, train
+from cnnflax import run as run_lib
 from cnnflax.errors import CheckpointError
 from tests.conftest import tiny_config
 
@@ -18,7 +19,7 @@ def read_jsonl(path):
 
 
 def final_params(workdir, config):
-  run = train.Run(config, workdir)
+  run = run_lib.Run(config, workdir)
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), 3, {})
   state, _ = ckpts.restore(jax.device_get(run.init_state()))
   return state

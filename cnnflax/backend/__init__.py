@@ -17,7 +17,7 @@
                 (CNNFLAX_XLA_DEFAULTS=0 makes False the default)
 
 `resolve` turns the section into a `Backend`: the models get its `kernels`
-(train.build_model), and `record()` is what config.json keeps under
+(run.build_model), and `record()` is what config.json keeps under
 `backend`, so that a workdir says what ran. Entry points call `start()`
 first, which re-executes the process with the chosen allocator.
 """

@@ -6,6 +6,7 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from cnnflax import backend, models, train
@@ -185,3 +186,28 @@ def test_a_runs_config_json_holds_the_resolved_backend(tmp_path):
   assert "--xla_cpu_opt_preset=FAST_COMPILE" in recorded["xla_flags"]
   # Read back for evaluation, the record gives way to this machine's choice.
   assert run_lib.saved_config(workdir).backend.conv == "auto"
+
+
+def test_a_checkpoint_with_a_retired_model_field_still_restores(tmp_path):
+  """Checkpoints of ResNets and MobileNets record their former `conv_impl`
+  field, now a backend choice: the identity check ignores fields the model
+  no longer has, and still refuses a field that differs."""
+  from cnnflax import checkpoint
+  from cnnflax.errors import CheckpointError
+  state = {"w": np.arange(4, dtype=np.float32)}
+  now = {"model": {"name": "resnet20_cifar", "depth": 20}, "dataset": "x"}
+  old = {**now, "model": {**now["model"], "conv_impl": "auto"}}
+  folder = tmp_path / "checkpoints"
+  saved = checkpoint.Checkpoints(folder, 2, old, background=False)
+  saved.save(1, state)
+  saved.close()
+  ckpts = checkpoint.Checkpoints(folder, 2, now, background=False)
+  restored, _ = ckpts.restore({"w": np.zeros(4, np.float32)})
+  ckpts.close()
+  np.testing.assert_array_equal(restored["w"], state["w"])
+  other = {**now, "model": {**now["model"], "depth": 32}}
+  ckpts = checkpoint.Checkpoints(folder, 2, other, background=False)
+  with pytest.raises(CheckpointError, match="config.model.depth=20 but "
+                     "this run has config.model.depth=32"):
+    ckpts.restore({"w": np.zeros(4, np.float32)})
+  ckpts.close()

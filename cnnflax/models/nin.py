@@ -78,7 +78,7 @@ class MlpConv(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     pad = ((self.padding, self.padding),) * 2
     common = dict(dtype=self.dtype, axis_name=self.axis_name,
-    kernels=self.kernels)
+                  kernels=self.kernels)
     stds = self.init_stds or (None, None, None)
     x = ConvBNAct(self.features[0], (self.kernel, self.kernel),
                   (self.stride, self.stride), pad, self.batch_norm,

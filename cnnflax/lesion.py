@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnnflax import step as step_lib
-from cnnflax import data
+from cnnflax import data, train
 from cnnflax.models import resnet
 
 
@@ -112,5 +112,4 @@ class Evaluator:
     for batch in self.batches:
       sums = self.run.devices.first(self._eval(state, self.arrays, batch))
       total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-    top1 = float(total["top1"]) / float(total["count"])
-    return 100.0 * (1.0 - top1)
+    return 100.0 * (1.0 - train.summarize(jax.device_get(total))["top1_acc"])

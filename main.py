@@ -9,11 +9,11 @@ if __name__ == "__main__":  # before jax loads: nothing before it survives
   from cnnflax import backend
   backend.start()
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from cnnflax import train
-from cnnflax.errors import CnnflaxError, Stopped
+from cnnflax import cli, train
+from cnnflax.errors import Stopped
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
@@ -24,19 +24,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv  # cli.run refuses stray arguments
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except Stopped as e:  # preempted or interrupted: resumable, not an error
     logging.warning("%s", e)
     print(f"stopped: {e}", file=sys.stderr)
     sys.exit(e.exit_code)
-  except CnnflaxError as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

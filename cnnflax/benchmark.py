@@ -26,7 +26,6 @@ ImageNet-like dataset (cnnflax.data.imagenet_like: about 500x375 px and
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import tempfile
 import time
@@ -37,10 +36,11 @@ if __name__ == "__main__":  # before jax loads: nothing before it survives
 
 import jax
 import ml_collections
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from cnnflax import data
+from cnnflax import cli, data
+from cnnflax.memory import compiled_memory, peak_memory
 from cnnflax import run as run_lib
 from cnnflax.backend import allocator
 from cnnflax.data import imagenet_like
@@ -142,26 +142,6 @@ def back_to_back(train_fn, state, arrays, batches, steps: int):
   return state, time.perf_counter() - start
 
 
-def compiled_memory(compiled) -> dict:
-  """temp, argument, output and alias bytes of a compiled step (per
-  device), as XLA's buffer assignment plans them."""
-  stats = compiled.memory_analysis()
-  kinds = ("temp", "argument", "output", "alias")
-  if stats is None:
-    return {}
-  return {f"{k}_bytes": int(getattr(stats, f"{k}_size_in_bytes"))
-          for k in kinds}
-
-
-def peak_memory() -> dict:
-  stats = jax.devices()[0].memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    return {"peak_device_bytes": int(stats["peak_bytes_in_use"])}
-  # CPU backends report nothing; the process's peak resident set stands in.
-  return {"peak_host_rss_bytes":
-          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-
-
 def input_benchmark(config: ml_collections.ConfigDict, workers: int,
                     batches: int = 0, images: int = 512) -> dict:
   """Images per second of the training input alone (see the module doc)."""
@@ -219,4 +199,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)

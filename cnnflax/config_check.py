@@ -30,7 +30,8 @@ def choice(*options: str) -> Rule:
 
 
 def number(low: float | None = None, high: float | None = None,
-           integer: bool = False, low_open: bool = False) -> Rule:
+           integer: bool = False, low_open: bool = False,
+           high_open: bool = False) -> Rule:
   def rule(key, value):
     kind = "a whole number" if integer else "a number"
     ok_type = int if integer else (int, float)
@@ -38,8 +39,8 @@ def number(low: float | None = None, high: float | None = None,
       _fail(key, value, f"it must be {kind}")
     if low is not None and (value < low or (low_open and value == low)):
       _fail(key, value, f"it must be {'>' if low_open else '>='} {low}")
-    if high is not None and value > high:
-      _fail(key, value, f"it must be <= {high}")
+    if high is not None and (value > high or (high_open and value == high)):
+      _fail(key, value, f"it must be {'<' if high_open else '<='} {high}")
   return rule
 
 
@@ -53,14 +54,49 @@ def text(key, value):
     _fail(key, value, "it must be a string")
 
 
-def numbers(key, value):
-  if not isinstance(value, (tuple, list)) or not all(
-      isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-    _fail(key, value, "it must be a tuple of numbers, e.g. (0.5, 0.75)")
+def numbers(low: float | None = None, low_open: bool = False,
+            integer: bool = False) -> Rule:
+  """A tuple of numbers, each in range."""
+  each = number(low, integer=integer, low_open=low_open)
+  kind = "whole numbers" if integer else "numbers"
+  example = "(2, 2, 2)" if integer else "(0.5, 0.75)"
+
+  def rule(key, value):
+    if not isinstance(value, (tuple, list)) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool)
+        for v in value):
+      _fail(key, value, f"it must be a tuple of {kind}, e.g. {example}")
+    for i, v in enumerate(value):
+      each(f"{key}[{i}]", v)
+  return rule
+
+
+def or_unset(rule: Rule, **meaning: str) -> Rule:
+  """`rule`, or one of the sentinel values whose meaning is given, e.g.
+  or_unset(POSITIVE_INT, **{"-1": "train for num_epochs"})."""
+  sentinels = {int(k): v for k, v in meaning.items()}
+
+  def check(key, value):
+    if not isinstance(value, bool) and value in sentinels:
+      return
+    try:
+      rule(key, value)
+    except ConfigError as e:
+      alternatives = ", ".join(f"{v} ({m})" for v, m in sentinels.items())
+      raise ConfigError(f"{e}, or {alternatives}") from None
+  return check
+
+
+def finite(key, value):
+  number()(key, value)
+  if value != value or value in (float("inf"), float("-inf")):
+    _fail(key, value, "it must be a finite number")
 
 
 POSITIVE_INT = number(1, integer=True)
 COUNT = number(0, integer=True)
+RATE = number(0, 1)  # a probability or fraction, 0 and 1 included
+BELOW_ONE = number(0, 1, high_open=True)  # e.g. a drop rate: 1 drops all
 
 FIELDS: dict[str, Rule] = {
     "dataset.name": text,
@@ -71,18 +107,18 @@ FIELDS: dict[str, Rule] = {
     "dataset.flip": boolean,
     "dataset.normalize": boolean,
     "dataset.on_device": boolean,
-    "dataset.test_fraction": number(0, 1, low_open=True),
+    "dataset.test_fraction": number(0, 1, low_open=True, high_open=True),
     "dataset.split_seed": COUNT,
     "dataset.synthetic_train_size": POSITIVE_INT,
     "dataset.synthetic_test_size": POSITIVE_INT,
     "dataset.synthetic_num_classes": number(2, integer=True),
     "dataset.synthetic_channels": POSITIVE_INT,
     "dataset.prefetch": COUNT,
-    "dataset.workers": number(-1, integer=True),
+    "dataset.workers": or_unset(COUNT, **{"-1": "one per core, less one"}),
     "dataset.version": text,
     "dataset.download": boolean,
     "dataset.train_crop": choice("random_resized", "scale", "square"),
-    "dataset.scale_range": numbers,
+    "dataset.scale_range": numbers(1, integer=True),
     "dataset.pca_noise": number(0),
     "backend.platform": text,  # a comma list: backend.parse_platforms
     "backend.conv": choice("auto", *kernels.CONV),
@@ -93,21 +129,22 @@ FIELDS: dict[str, Rule] = {
     "backend.xla_defaults": boolean,
     "batch_size": POSITIVE_INT,
     "eval_batch_size": POSITIVE_INT,
-    "num_epochs": number(),
-    "num_train_steps": number(integer=True),
+    "num_epochs": number(0),
+    "num_train_steps": or_unset(POSITIVE_INT,
+                                **{"-1": "train for num_epochs"}),
     "optimizer.name": choice(*optim.OPTIMIZERS),
     "optimizer.learning_rate": number(0, low_open=True),
-    "optimizer.momentum": number(0, 1),
+    "optimizer.momentum": BELOW_ONE,
     "optimizer.nesterov": boolean,
     "optimizer.weight_decay": number(0),
     "optimizer.decay_bias_and_bn": boolean,
-    "optimizer.rmsprop_decay": number(0, 1),
+    "optimizer.rmsprop_decay": BELOW_ONE,
     "optimizer.epsilon": number(0, low_open=True),
-    "optimizer.b1": number(0, 1),
-    "optimizer.b2": number(0, 1),
+    "optimizer.b1": BELOW_ONE,
+    "optimizer.b2": BELOW_ONE,
     "optimizer.grad_clip_norm": number(0),
     "schedule.name": choice(*optim.SCHEDULES),
-    "schedule.boundaries": numbers,
+    "schedule.boundaries": numbers(0, low_open=True),
     "schedule.boundaries_unit": choice(*optim.BOUNDARY_UNITS),
     "schedule.decay_factor": number(0, low_open=True),
     "schedule.decay_every_epochs": number(0, low_open=True),
@@ -116,18 +153,65 @@ FIELDS: dict[str, Rule] = {
     "schedule.warmup_type": choice("linear", "constant"),
     "schedule.warmup_learning_rate": number(0),
     "schedule.final_learning_rate": number(0),
-    "label_smoothing": number(0, 1),
-    "aux_loss_weights": numbers,
+    "label_smoothing": BELOW_ONE,
+    "aux_loss_weights": numbers(0),
     "seed": COUNT,
     "half_precision": boolean,
     "parallelism": choice(*step.PARALLELISM),
     "batch_norm_sync": boolean,
     "log_every_steps": POSITIVE_INT,
-    "eval_every_steps": number(-1, integer=True),
+    "eval_every_steps": or_unset(POSITIVE_INT, **{
+        "-1": "once per epoch", "0": "only at the end"}),
     "checkpoint_every_steps": POSITIVE_INT,
     "checkpoints_to_keep": POSITIVE_INT,
     "checkpoint_async": boolean,
 }
+
+
+def _scale(key, value):
+  """Inception-ResNet's residual_scale: one factor, or one per A, B, C."""
+  if value is None:
+    return
+  if isinstance(value, (tuple, list)):
+    numbers(0, low_open=True)(key, value)
+  else:
+    number(0, low_open=True)(key, value)
+
+
+WHOLE = POSITIVE_INT
+# Every numeric field of every model module, by name: a name means the same
+# kind of quantity in every family. tests/test_config_check.py checks that
+# no registered model has a numeric field without its rule here.
+MODEL_FIELDS: dict[str, Rule] = {
+    "num_classes": WHOLE, "depth": WHOLE, "width": WHOLE,
+    "base_width": WHOLE, "bottleneck_factor": WHOLE, "cardinality": WHOLE,
+    "conv1_depth_multiplier": WHOLE, "expansion": WHOLE, "groups": WHOLE,
+    "growth_rate": WHOLE, "kernel_5x5": WHOLE, "last_width": WHOLE,
+    "min_depth": WHOLE, "pool4_window": WHOLE, "round_to": WHOLE,
+    "stem_width": or_unset(WHOLE, **{"0": "the paper's width"}),
+    "dropout_rate": BELOW_ONE, "aux_dropout_rate": BELOW_ONE,
+    "shortcut_dropout": BELOW_ONE,
+    "survival_prob_last": number(0, 1, low_open=True),
+    "compression": number(0, 1, low_open=True),
+    "bn_epsilon": number(0, low_open=True),
+    "width_multiplier": number(0, low_open=True),
+    "shortcut_scale": number(0),
+    "residual_scale": _scale,
+    "class_map_bias": finite, "gate_bias_init": finite,
+    "blocks": numbers(1, integer=True),
+    "block_sizes": numbers(1, integer=True),
+    "widths": numbers(1, integer=True),
+    "drop_blocks": numbers(0, integer=True),
+    "block_order": numbers(0, integer=True),
+}
+
+
+def check_model_fields(model: ml_collections.ConfigDict) -> None:
+  """The ranges of the numeric model fields a config sets (the model checks
+  the rest: choices, combinations, depths of its form)."""
+  for key, value in model.items():
+    if key in MODEL_FIELDS:
+      MODEL_FIELDS[key](f"model.{key}", value)
 
 
 def flat_keys(config: ml_collections.ConfigDict, prefix: str = ""):
@@ -174,6 +258,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _check_scale_range(config.dataset)
   data.get_spec(config.dataset.name)
   models.model_info(config.model.name)
+  check_model_fields(config.model)
 
 
 def _check_scale_range(cfg: ml_collections.ConfigDict) -> None:

@@ -834,18 +834,12 @@ def report(result: dict) -> str:
 
 
 def main(argv) -> None:
+  del argv  # cli.run refuses stray arguments
   from absl import flags
-  if len(argv) > 1:
-    from absl import app
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
   from cnnflax import train
   train.quiet_library_logs()  # orbax's INFO lines
-  try:
-    result = convert(f.source, f.weights, f.workdir, f.image_size)
-  except (CheckpointError, ConfigError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  result = convert(f.source, f.weights, f.workdir, f.image_size)
   print(report(result))
   print(json.dumps(result))
 
@@ -863,6 +857,6 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
-  from absl import app
+  from cnnflax import cli
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -57,7 +57,6 @@ import inspect
 import io
 import json
 import math
-import sys
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -68,16 +67,15 @@ if __name__ == "__main__":  # before jax loads: nothing before it survives
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from jax import lax
 
-from cnnflax import data, paths, train
+from cnnflax import cli, data, paths, train
 from cnnflax import run as run_lib
 from cnnflax import step as step_lib
 from cnnflax.data import stream
 from cnnflax.data.sources import Arrays
-from cnnflax.errors import (CheckpointError, CnnflaxError, ConfigError,
-                            DataError)
+from cnnflax.errors import CheckpointError, ConfigError, DataError
 
 PROTOCOLS = ("center", "10crop", "dense")
 CROP_FRACTION = 0.875  # the centre crop's share of the short side
@@ -872,21 +870,15 @@ def options_from_flags() -> Options:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    options = options_from_flags()
-    if not FLAGS.workdir:
-      raise ConfigError("--workdir is required: the run to evaluate")
-    workdirs = [FLAGS.workdir, *FLAGS.ensemble]
-    result = evaluate(workdirs, options)
-    out = FLAGS.out or default_out(FLAGS.workdir, options, result["split"],
-                                   len(workdirs) > 1)
-    write_result(result, out)
-  except CnnflaxError as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(2)
+  del argv  # cli.run refuses stray arguments
+  options = options_from_flags()
+  if not FLAGS.workdir:
+    raise ConfigError("--workdir is required: the run to evaluate")
+  workdirs = [FLAGS.workdir, *FLAGS.ensemble]
+  result = evaluate(workdirs, options)
+  out = FLAGS.out or default_out(FLAGS.workdir, options, result["split"],
+                                 len(workdirs) > 1)
+  write_result(result, out)
   summary = {k: result[k] for k in ("protocol", "split", "examples",
                                     "top1_acc", "top5_acc", "loss")}
   print(json.dumps({**summary, "out": out}))
@@ -894,4 +886,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -129,15 +129,8 @@ def model_and_shape(config: ml_collections.ConfigDict):
 
 def main(argv):
   del argv
-  import sys
-
-  from cnnflax.errors import CnnflaxError
-  try:
-    model, shape = model_and_shape(FLAGS.config)
-    rows = layer_table(model, shape)
-  except CnnflaxError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  model, shape = model_and_shape(FLAGS.config)
+  rows = layer_table(model, shape)
   totals = {"params": sum(r.params for r in rows),
             "flops": sum(r.flops for r in rows)}
   if FLAGS.json:
@@ -148,5 +141,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from cnnflax import cli
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)

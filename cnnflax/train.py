@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import logging as std_logging
 import queue
@@ -17,7 +18,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cnnflax import checkpoint, data, paths
+from cnnflax import checkpoint, data, memory, models, paths
 from cnnflax import step as step_lib
 from cnnflax.errors import NumericalError, Stopped
 from cnnflax.run import Run, count_params
@@ -285,12 +286,16 @@ class Loop:
     batches = prefetch((run.devices.shard(b)
                         for b in run.train_batches(start)),
                        config.dataset.prefetch)
-    if self.eval_owed:
-      self.evaluate(start, state)
-    self.last_log, self.last_time = start, time.perf_counter()
     self.input_wait = 0.0
     try:
-      final = self._steps(start, state, train_fn, batches)
+      first = [self.next_batch(batches)] if start < run.num_steps else []
+      if first:
+        train_fn = self.compile(train_fn, state, first[0])
+      if self.eval_owed:
+        self.evaluate(start, state)
+      self.last_log, self.last_time = start, time.perf_counter()
+      final = self._steps(start, state, train_fn,
+                          itertools.chain(first, batches))
     except BaseException:
       self.ckpts.finish_quietly()  # a good save in flight still lands
       raise
@@ -298,6 +303,14 @@ class Loop:
       batches.close()
     self.ckpts.close()
     return final
+
+  def compile(self, train_fn, state, batch):
+    """The train step compiled before its first call, so that a step too big
+    for the machine is refused before it runs (cnnflax.memory)."""
+    compiled = train_fn.lower(state, self.train_arrays, batch).compile()
+    memory.check_step(compiled, self.run.devices.devices, self.config,
+                      models.module_fields(type(self.run.model)))
+    return compiled
 
   def next_batch(self, batches):
     """The next batch, counting the time the loop waits for it."""

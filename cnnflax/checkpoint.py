@@ -28,9 +28,13 @@ class Checkpoints:
   """Save every N steps, keep the last K, restore the newest."""
 
   def __init__(self, directory: str, keep: int, identity: dict[str, Any],
-               background: bool = True, read_only: bool = False):
+               background: bool = True, read_only: bool = False,
+               recipe: dict[str, Any] | None = None):
     self.directory = paths.path(directory)
     self.identity = identity  # what must match to resume (model, dataset ...)
+    # Training's config fields that must match too (config_check.recipe);
+    # None for readers (evaluation) and for writers of fresh weights.
+    self.recipe = recipe
     # Leftover temporary folders (a save cut short by SIGKILL) are never
     # restored; cleaning them at start keeps the folder tidy. A reader
     # (evaluation beside a running training) creates and cleans nothing: the
@@ -59,6 +63,8 @@ class Checkpoints:
       return
     tree = _to_tree(state)
     meta = {**self.identity, "step": int(step), **(extra or {})}
+    if self.recipe is not None:
+      meta["recipe"] = self.recipe
     kept = self.latest_step()
     try:
       self._manager.save(step, args=ocp.args.Composite(
@@ -92,6 +98,7 @@ class Checkpoints:
     except Exception as e:
       raise _unreadable(path, e) from None
     self._check_identity(meta, path)
+    self._check_recipe(meta.get("recipe"), path)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(_to_tree(template))))["state"]
@@ -119,6 +126,24 @@ class Checkpoints:
       raise CheckpointError(
           f"checkpoint {path} was written with {had} but this run has "
           f"{has}; use a new --workdir or restore the original config")
+
+  def _check_recipe(self, saved: dict | None, path: str) -> None:
+    """A field the checkpoint does not record did not exist when it was
+    written: it cannot have changed."""
+    if self.recipe is None or saved is None:
+      return
+    diff = [k for k in sorted(self.recipe)
+            if k in saved and saved[k] != self.recipe[k]]
+    if not diff:
+      return
+    had = ", ".join(f"config.{k}={_show(saved[k])}" for k in diff)
+    has = ", ".join(f"config.{k}={_show(self.recipe[k])}" for k in diff)
+    raise CheckpointError(
+        f"checkpoint {path} was written with {had} but this run has {has}; "
+        "a resumed run keeps its recipe (only its length, logging, "
+        "evaluation and checkpoint cadence, data location and backend may "
+        "change: README, Resuming); restore those values or use a new "
+        "--workdir")
 
   def poll(self) -> None:
     """Reports a background save that has failed, without waiting."""
@@ -150,6 +175,10 @@ class Checkpoints:
       self.wait()
     finally:
       self._manager.close()
+
+
+def _show(value: Any) -> str:
+  return repr(tuple(value) if isinstance(value, list) else value)
 
 
 def _to_tree(state: Any) -> dict:

@@ -7,6 +7,7 @@ and what would be valid. A test keeps this table and configs/default.py equal.
 from __future__ import annotations
 
 import difflib
+import json
 from typing import Any, Callable
 
 import ml_collections
@@ -166,6 +167,27 @@ FIELDS: dict[str, Rule] = {
     "checkpoints_to_keep": POSITIVE_INT,
     "checkpoint_async": boolean,
 }
+
+
+# What may change when a run resumes: its length, how it logs, evaluates and
+# checkpoints, where and how fast data is read, and how (never what) the
+# backend computes. Every other field is the run's recipe, and a resume that
+# changes one is refused (checkpoint.Checkpoints), as is one that changes
+# the model. README "Resuming" says what a new length does to the schedule.
+RESUME_FREE = (
+    "num_train_steps", "num_epochs",
+    "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+    "checkpoints_to_keep", "checkpoint_async", "eval_batch_size",
+    "dataset.data_dir", "dataset.workers", "dataset.prefetch",
+    "dataset.download", "parallelism",
+    *(k for k in FIELDS if k.startswith("backend.")),
+)
+
+
+def recipe(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The fields a resumed run must keep, as JSON values."""
+  return {key: json.loads(json.dumps(get(config, key)))
+          for key in flat_keys(config) if key not in RESUME_FREE}
 
 
 def _scale(key, value):

@@ -15,7 +15,7 @@ import numpy as np
 from cnnflax import backend, checkpoint, data, models, optim, paths
 from cnnflax import step as step_lib
 from cnnflax.backend.kernels import Kernels
-from cnnflax.config_check import check_config
+from cnnflax import config_check
 from cnnflax.data import stream
 from cnnflax.errors import ConfigError
 
@@ -98,7 +98,7 @@ class Run:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
                devices=None):
-    check_config(config)
+    config_check.check_config(config)
     self.config = config
     self.workdir = workdir
     self.backend = resolve_backend(config)  # before jax starts its backend
@@ -216,7 +216,8 @@ class Run:
         self.config.checkpoints_to_keep,
         run_identity(self.config, self.model, self.dataset.image_shape,
                      self.dataset.num_classes),
-        background=self.config.checkpoint_async, read_only=read_only)
+        background=self.config.checkpoint_async, read_only=read_only,
+        recipe=None if read_only else config_check.recipe(self.config))
 
   def eval_batches(self, limit: int | None = None
                    ) -> Iterator[dict[str, np.ndarray]]:

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cnnflax import checkpoint, data, memory, models, paths
+from cnnflax import checkpoint, data, lock, memory, models, paths
 from cnnflax import step as step_lib
 from cnnflax.errors import NumericalError, Stopped
 from cnnflax.run import Run, count_params
@@ -208,6 +208,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   step_lib.initialize_distributed()
   run = Run(config, workdir)
   paths.check_writable(workdir)
+  with lock.hold(workdir) as held:
+    return _train_and_evaluate(run, held)
+
+
+def _train_and_evaluate(run: Run, held: lock.WorkdirLock | None
+                        ) -> dict[str, Any]:
+  config, workdir = run.config, run.workdir
   ckpts = run.checkpoints()
   host_state = jax.device_get(run.init_state())
   params = count_params(host_state.params)
@@ -226,7 +233,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if run.streamed:
     logging.info("reading %s and %s with %d grain workers",
                  run.dataset.train.where, run.dataset.test.where, run.workers)
-  loop = Loop(run, ckpts, writer, meta)
+  loop = Loop(run, ckpts, writer, meta, held)
   try:
     final = loop.train(host_state)
   except BaseException:  # e.g. preempted: the events so far still land
@@ -256,8 +263,10 @@ class Loop:
   checkpoint so that a resumed run logs what an uninterrupted one would."""
 
   def __init__(self, run: Run, ckpts: checkpoint.Checkpoints,
-               writer: Writer, meta: dict):
+               writer: Writer, meta: dict,
+               held: lock.WorkdirLock | None = None):
     self.run, self.ckpts, self.writer = run, ckpts, writer
+    self.held = held  # the workdir's lock (process 0 only)
     self.config = run.config
     self.wall_before = meta.get("wall_s", 0.0)
     # A run stopped on a step that evaluates saved before evaluating (the
@@ -385,6 +394,8 @@ class Loop:
     self.last_time += time.perf_counter() - pause
 
   def save(self, step: int, state, eval_owed: bool = False) -> None:
+    if self.held is not None:
+      self.held.check()  # another run took the workdir over: write nothing
     extra = {"wall_s": self.wall_s(), "eval_owed": eval_owed}
     if self.pending:  # also checks that these steps stayed finite
       extra["log_sums"] = self._fetch_pending()

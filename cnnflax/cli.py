@@ -76,7 +76,7 @@ def flag_error(error: Exception, argv: list[str]) -> str:
                         r"other than None", line)
     if required:
       return f"--{required[1]} is required; see --helpshort for the flags"
-    if line.startswith("flag --"):
+    if line.startswith("flag --") and "." in line.split("=", 1)[0]:
       # "flag --config.batch_size=abc: invalid literal for int() ..."
       return (f"{line}; give a value of the type the config file sets "
               "for that field")

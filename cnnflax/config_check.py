@@ -230,9 +230,10 @@ MODEL_FIELDS: dict[str, Rule] = {
 
 def check_model_fields(model: ml_collections.ConfigDict) -> None:
   """The ranges of the numeric model fields a config sets (the model checks
-  the rest: choices, combinations, depths of its form)."""
+  the rest: unknown fields, choices, combinations, depths of its form)."""
+  known = models.module_fields(models.model_info(model.name).module)
   for key, value in model.items():
-    if key in MODEL_FIELDS:
+    if key in MODEL_FIELDS and key in known:
       MODEL_FIELDS[key](f"model.{key}", value)
 
 

@@ -146,3 +146,16 @@ def test_sweep_reads_runs_from_a_bucket_root(gcs):
       "results": {"test_top1_acc": 0.75}}
   with pytest.raises(ValueError, match="--mode=slurm writes its script"):
     sweep.write_slurm([run], root, 1.0)
+
+
+def test_racing_runs_on_a_bucket_one_wins(gcs):
+  """The workdir lock through the real GCS API: three processes that try to
+  take it at the same instant; one holds it, two refuse naming it."""
+  from tests.test_misuse import race
+  workdir = f"{gcs}/lock-race"
+  outcomes = race(workdir)
+  assert sorted(o.split()[0] for o in outcomes) == ["HELD", "LOCKED",
+                                                     "LOCKED"], outcomes
+  assert all("in use by another run" in o for o in outcomes
+             if o.startswith("LOCKED"))
+  assert not epath.Path(workdir, "lock.json").exists()  # given back

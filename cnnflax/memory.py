@@ -85,18 +85,19 @@ def need_and_room(plan: dict, devices: list) -> tuple[int, int, str] | None:
   devices share the host: the arguments (the state, the data) are in
   memory already, so what the step adds, times the local devices, against
   what the host has free."""
-  if not plan:
+  # Other hosts' devices cannot be asked (and plan alike).
+  local = [d for d in devices if d.process_index == jax.process_index()]
+  if not plan or not local:
     return None
-  stats = devices[0].memory_stats() or {}
+  stats = local[0].memory_stats() or {}
   added = plan["temp_bytes"] + plan["output_bytes"] - plan["alias_bytes"]
   if "bytes_limit" in stats:
     need = added + plan["argument_bytes"]
-    return need, int(stats["bytes_limit"]), f"per {devices[0].platform} device"
+    return need, int(stats["bytes_limit"]), f"per {local[0].platform} device"
   room = host_available_bytes()
   if room is None:
     return None
-  local = sum(1 for d in devices if d.process_index == jax.process_index())
-  return added * local, room, "in host memory"
+  return added * len(local), room, "in host memory"
 
 
 def check_step(compiled, devices: list, config: ml_collections.ConfigDict,

@@ -180,12 +180,13 @@ def record(**fields):
           "slurm_restart": 0, **fields}
 
 
-STALE = [  # (their record, our SLURM environment, why stale or None)
+# (their record, our SLURM environment, why stale or None). A heartbeat is
+# given by its age (`age`, s): the table is built long before a test runs.
+STALE = [
     (dict(), {}, None),
     (dict(pid="DEAD"), {}, "its process"),
-    (dict(host="elsewhere", pid=1, heartbeat=time.time() - 10), {}, None),
-    (dict(host="elsewhere", pid=1, heartbeat=time.time() - 3600), {},
-     "its last heartbeat was"),
+    (dict(host="elsewhere", pid=1, age=10), {}, None),
+    (dict(host="elsewhere", pid=1, age=3600), {}, "its last heartbeat was"),
     (dict(host="elsewhere", pid=1, slurm_job="77"),
      {"SLURM_JOB_ID": "77", "SLURM_RESTART_COUNT": "1"},
      "an earlier run of this SLURM job 77"),
@@ -202,8 +203,10 @@ def test_stale_locks(monkeypatch, theirs, env, why):
     monkeypatch.delenv(key, raising=False)
   for key, value in env.items():
     monkeypatch.setenv(key, value)
+  theirs = dict(theirs)
   if theirs.get("pid") == "DEAD":
     theirs["pid"] = dead_pid()
+  theirs["heartbeat"] = time.time() - theirs.pop("age", 0)
   reason = lock.stale_reason(record(**theirs))
   assert (reason is None) if why is None else (why in reason)
 

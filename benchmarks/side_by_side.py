@@ -86,6 +86,7 @@ RATIOS = (("cnnflax_fp32", "torch_fp32"),
           ("cnnflax_fp32", "torch_fp32_tcmalloc"),
           ("cnnflax_fp32", "torch_compile_tcmalloc"),
           ("cnnflax_bf16", "torch_bf16"))
+PER_FLOP = (("cnnflax_fp32", "torch_fp32"), ("cnnflax_bf16", "torch_bf16"))
 WORKERS = ("torch", "torch_matmul", "xla_matmul")
 
 
@@ -96,6 +97,32 @@ class Spec:
   batch_size: int
   torch_model: Callable  # benchmarks.torch_models -> torch.nn.Module
   torch_compile: bool = False  # also measure torch_compile_tcmalloc
+  overrides: tuple[str, ...] = ()  # --config.x=y for cnnflax's side
+  num_classes: int = 10
+  twin: str = "torch_models.py"  # where the PyTorch model comes from
+
+
+def torchvision_model(name: str, **kwargs) -> Callable:
+  """A torchvision model with random weights (the user's other choice)."""
+  def build(_):
+    return getattr(import_torchvision().models, name)(weights=None, **kwargs)
+  return build
+
+
+def timm_model(name: str) -> Callable:
+  def build(_):
+    import_torchvision()  # timm imports it
+    import timm
+    return timm.create_model(name, pretrained=False)
+  return build
+
+
+def import_torchvision():
+  """torchvision, also beside the local CPU torch wheel that PyPI's
+  torchvision's compiled ops do not fit (see cnnflax.convert)."""
+  repo_on_path()
+  from cnnflax.convert import import_torchvision as load
+  return load()
 
 
 MODELS = {
@@ -111,7 +138,44 @@ MODELS = {
                              "preact_resnet164_cifar", 128,
                              lambda tm: tm.PreActResNetCifar(164)),
     "resnet50": Spec("configs/resnet50.py", "resnet50", 16,
-                     lambda tm: tm.ResNet50()),
+                     lambda tm: tm.ResNet50(), num_classes=1000),
+    # The ImageNet families against the models a user would otherwise pick
+    # (issue 21): torchvision's, and timm's for Inception v4 / -ResNet-v2.
+    # Where the two differ in layers, compare the GFLOP/s columns.
+    "resnet50_tv": Spec("configs/resnet50.py", "resnet50", 16,
+                        torchvision_model("resnet50"), num_classes=1000,
+                        twin="torchvision"),
+    "vgg16": Spec("configs/vgg.py:D", "vgg16", 16, torchvision_model("vgg16"),
+                  num_classes=1000, twin="torchvision"),
+    "googlenet": Spec("configs/googlenet.py", "googlenet_bn", 16,
+                      torchvision_model("googlenet", aux_logits=True,
+                                        init_weights=True),
+                      overrides=("--config.model.name=googlenet_bn",),
+                      num_classes=1000, twin="torchvision"),
+    "inception_v3": Spec("configs/inception_v3.py", "inception_v3", 16,
+                         torchvision_model("inception_v3", aux_logits=True,
+                                           init_weights=True),
+                         num_classes=1000, twin="torchvision"),
+    "densenet121": Spec("configs/densenet121.py", "densenet121", 16,
+                        torchvision_model("densenet121"), num_classes=1000,
+                        twin="torchvision"),
+    "mobilenet_v2": Spec("configs/mobilenet_v2.py", "mobilenet_v2", 16,
+                         torchvision_model("mobilenet_v2"), num_classes=1000,
+                         twin="torchvision"),
+    # torchvision's AlexNet is the one-column 2014 variant (64-192-384-256-
+    # 256 maps); cnnflax's alexnet_ungrouped has the paper's widths:
+    # compare per FLOP.
+    "alexnet": Spec("configs/alexnet.py", "alexnet_ungrouped", 16,
+                    torchvision_model("alexnet"),
+                    overrides=("--config.model.name=alexnet_ungrouped",),
+                    num_classes=1000, twin="torchvision"),
+    "inception_v4": Spec("configs/inception_v4.py", "inception_v4", 16,
+                         timm_model("inception_v4"), num_classes=1000,
+                         twin="timm"),
+    "inception_resnet_v2": Spec("configs/inception_resnet_v2.py",
+                                "inception_resnet_v2", 16,
+                                timm_model("inception_resnet_v2"),
+                                num_classes=1000, twin="timm"),
 }
 
 
@@ -208,13 +272,16 @@ def torch_worker(name: str, bf16: bool, steps: int, warmup: int,
   gen = torch.Generator().manual_seed(0)
   x = torch.randn(spec.batch_size, 3, size, size, generator=gen).contiguous(
       memory_format=torch.channels_last)
-  y = torch.randint(0, model.head.out_features, (spec.batch_size,),
-                    generator=gen)
+  y = torch.randint(0, spec.num_classes, (spec.batch_size,), generator=gen)
+  aux_weights = tuple(config.aux_loss_weights)
 
   def step():
     sgd.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-      loss = F.cross_entropy(model(x), y)
+      logits, *aux = outputs(model(x))
+      # The auxiliary heads train too, weighted as cnnflax's config does.
+      loss = F.cross_entropy(logits, y) + sum(
+          w * F.cross_entropy(a, y) for w, a in zip(aux_weights, aux))
     loss.backward()
     sgd.step()
 
@@ -235,6 +302,14 @@ def torch_worker(name: str, bf16: bool, steps: int, warmup: int,
          "params": params, "forward_macs": macs,
          "threads": torch.get_num_threads(), "torch": torch.__version__}
   return {**out, "compile_s": compile_s} if compile_ else out
+
+
+def outputs(out) -> list:
+  """[logits, *auxiliary logits] of a torch model's training output
+  (torchvision's GoogLeNet and Inception v3 return named tuples)."""
+  if hasattr(out, "shape"):
+    return [out]
+  return [o for o in out if o is not None]
 
 
 def torch_matmul_worker(n: int, threads: int) -> dict:
@@ -287,12 +362,14 @@ def worker_command(name: str, mode: str) -> list[str]:
             f"--torch_threads={FLAGS.torch_threads}", *timing]
   ablation = [ABLATIONS[mode][0]] if mode in ABLATIONS else []
   return ["-m", "cnnflax.benchmark", f"--config={spec.config}",
-          f"--config.batch_size={spec.batch_size}",
+          *spec.overrides, f"--config.batch_size={spec.batch_size}",
           f"--config.half_precision={bf16}", *ablation, *timing]
 
 
 def count_command(name: str) -> list[str]:
-  return ["-m", "cnnflax.summary", f"--config={MODELS[name].config}", "--json"]
+  spec = MODELS[name]
+  return ["-m", "cnnflax.summary", f"--config={spec.config}",
+          *spec.overrides, "--json"]
 
 
 def worker_env(mode: str) -> dict[str, str]:
@@ -413,22 +490,35 @@ def share(gflops: float | None, ceiling: float | None) -> float | None:
   return gflops / ceiling if gflops and ceiling else None
 
 
+def per_flop(result: dict, ours: str, theirs: str) -> str:
+  """cnnflax's training FLOP/s over PyTorch's, each from its own network's
+  multiply-adds: the fair ratio where the twins differ (AlexNet)."""
+  macs = result.get("count", {}).get("flops")
+  entry = result.get(theirs) or {}
+  if not macs or not entry.get("forward_macs"):
+    return "-"
+  return ratio(achieved_gflops(macs, rate(result.get(ours)) or 0),
+               achieved_gflops(entry["forward_macs"], rate(entry) or 0))
+
+
 def summary_row(name: str, result: dict, ceiling: float | None) -> str:
   gflops = gflops_of(result, "cnnflax_fp32")
   achieved = cell(gflops)
   if gflops and ceiling:
     achieved += f" ({share(gflops, ceiling):.2f})"
-  cells = [name, *(rate_cell(result.get(m)) for m in MODES),
+  cells = [name, MODELS[name].twin, *(rate_cell(result.get(m)) for m in MODES),
            *(ratio(rate(result.get(a)), rate(result.get(b)))
-             for a, b in RATIOS), achieved,
+             for a, b in RATIOS),
+           *(per_flop(result, a, b) for a, b in PER_FLOP), achieved,
            *(ratio(rate(result.get("cnnflax_fp32")), rate(result.get(mode)))
              for mode in ABLATIONS)]
   return "| " + " | ".join(cells) + " |"
 
 
 def summary_header() -> list[str]:
-  names = ["model", *MODES.values(),
+  names = ["model", "PyTorch twin", *MODES.values(),
            *(f"{MODES[a]} / {MODES[b]}" for a, b in RATIOS),
+           *(f"{MODES[a]} / {MODES[b]}, per FLOP" for a, b in PER_FLOP),
            "cnnflax fp32 GFLOP/s (fraction of ceiling)",
            *(label for _, label in ABLATIONS.values())]
   return ["| " + " | ".join(names) + " |",
@@ -496,7 +586,8 @@ def report(ceilings: dict, results: dict, command: str) -> str:
       f"- each cell: median of {FLAGS.rounds} round(s) x {FLAGS.trials} "
       f"trial(s) of {FLAGS.steps} steps after {FLAGS.warmup} warm-up steps; "
       "the modes of a model taken in turn each round; CIFAR batch 128 at 32x32, "
-      "ResNet-50 batch 16 at 224x224",
+      "ImageNet nets batch 16 at their papers' sizes (224; Inception 299, "
+      "AlexNet 227)",
       f"- matmul ceilings ({n}x{n} @ {n}x{n}, best of 5, GFLOP/s): XLA fp32 "
       f"{xla.get('fp32', '-')}, XLA bf16 {xla.get('bf16', '-')}, PyTorch "
       f"fp32 {torch.get('fp32', '-')}, PyTorch bf16 {torch.get('bf16', '-')}",

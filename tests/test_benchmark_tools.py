@@ -34,9 +34,9 @@ def test_report_rows():
             "cnnflax_fp32_autodiff_bn": {"images_per_sec": 250.0}}
   row = side_by_side.summary_row("resnet20", result, ceiling=97.32)
   # 6 * 40,551,040 * 200 / 1e9 = 48.66 GFLOP/s, half the 97.32 ceiling.
-  assert row == ("| resnet20 | 400.0 | 500.0 | failed | - | 200.0 | 100.0 | "
-                 "160.0 | 250.0 | - | 0.50x | 0.40x | - | - | 48.7 (0.50) | "
-                 "1.25x | 0.80x | - |")
+  assert row == ("| resnet20 | torch_models.py | 400.0 | 500.0 | failed | - | "
+                 "200.0 | 100.0 | 160.0 | 250.0 | - | 0.50x | 0.40x | - | - | "
+                 "- | - | 48.7 (0.50) | 1.25x | 0.80x | - |")
   header = side_by_side.summary_header()
   assert header[0].count("|") == header[1].count("|") == row.count("|")
   assert "| cnnflax fp32 / PyTorch fp32 CL, tcmalloc |" in header[0]
@@ -56,7 +56,19 @@ def test_twin_with_other_counts_is_flagged():
 def test_specs_name_their_registered_models():
   for name, spec in side_by_side.MODELS.items():
     config = side_by_side.load_config(spec.config)
-    assert config.model.name == spec.registered, name
+    named = [o.split("=", 1)[1] for o in spec.overrides
+             if o.startswith("--config.model.name=")]
+    assert (named or [config.model.name])[0] == spec.registered, name
+
+
+def test_per_flop_ratio_uses_each_networks_own_count():
+  """AlexNet: cnnflax's variant has 1.6x the multiply-adds of torchvision's,
+  so equal images/s is 1.6x the training FLOP/s."""
+  result = {"count": {"flops": 1_600},
+            "cnnflax_fp32": {"images_per_sec": 10.0},
+            "torch_fp32": {"images_per_sec": 10.0, "forward_macs": 1_000}}
+  assert side_by_side.per_flop(result, "cnnflax_fp32", "torch_fp32") == "1.60x"
+  assert side_by_side.per_flop(result, "cnnflax_bf16", "torch_bf16") == "-"
 
 
 def test_benchmark_times_one_compiled_step_several_times():

@@ -52,31 +52,54 @@ class Kernels:
     return dataclasses.replace(self, conv=self.scanned_conv)
 
   def conv2d(self, x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-             padding: int, groups: int) -> jax.Array:
-    """NHWC x HWIO -> NHWC with `padding` zeros on every side."""
+             padding, groups: int) -> jax.Array:
+    """NHWC x HWIO -> NHWC. `padding`: zeros on every side (an int),
+    "SAME" or "VALID" as nn.Conv takes them, or ((top, bottom), (left,
+    right))."""
+    pads = padding_pairs(padding, x.shape, kernel.shape, strides)
     depthwise = groups == x.shape[-1] == kernel.shape[-1] and groups > 1
     if depthwise and self.depthwise == "matmul":
       return sum(w * kernel[i, j, 0]
-                 for (i, j), w in _windows(x, kernel, strides, padding))
+                 for (i, j), w in _windows(x, kernel, strides, pads))
     if groups == 1 and self.conv == "onednn":
       from cnnflax.backend import native
       if native.supports(x, kernel):
-        pads = ((padding, padding), (padding, padding))
         return native.conv2d(x, kernel, strides, pads)
     if groups == 1 and self.conv == "matmul":
-      return _matmul(x, kernel, strides, padding)
+      return _matmul(x, kernel, strides, pads)
     return jax.lax.conv_general_dilated(
-        x, kernel, strides, [(padding, padding)] * 2,
+        x, kernel, strides, list(pads),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=groups)
 
 
-def _windows(x, kernel, strides, padding):
+def padding_pairs(padding, x_shape, kernel_shape, strides
+                  ) -> tuple[tuple[int, int], tuple[int, int]]:
+  """((top, bottom), (left, right)) of an int, "SAME", "VALID" or pairs.
+  SAME puts the odd zero at the end, as XLA and TensorFlow do."""
+  if isinstance(padding, int):
+    return ((padding, padding), (padding, padding))
+  if padding == "VALID":
+    return ((0, 0), (0, 0))
+  if padding == "SAME":
+    pairs = []
+    for size, k, s in zip(x_shape[1:3], kernel_shape[:2], strides):
+      total = max((-(-size // s) - 1) * s + k - size, 0)
+      pairs.append((total // 2, total - total // 2))
+    return tuple(pairs)
+  if isinstance(padding, (tuple, list)) and len(padding) == 2:
+    return tuple((int(p), int(p)) if isinstance(p, int) else
+                 (int(p[0]), int(p[1])) for p in padding)
+  raise ValueError(f"padding={padding!r} is not valid; give an int, SAME, "
+                   "VALID or ((top, bottom), (left, right))")
+
+
+def _windows(x, kernel, strides, pads):
   """((i, j), the input under kernel tap (i, j) at every output place)."""
   kh, kw = kernel.shape[:2]
   sh, sw = strides
-  if padding:
-    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  if any(p for pair in pads for p in pair):
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
   oh = (x.shape[1] - kh) // sh + 1
   ow = (x.shape[2] - kw) // sw + 1
   rows, cols = sh * (oh - 1) + 1, sw * (ow - 1) + 1
@@ -84,9 +107,9 @@ def _windows(x, kernel, strides, padding):
           for i in range(kh) for j in range(kw)]
 
 
-def _matmul(x, kernel, strides, padding):
+def _matmul(x, kernel, strides, pads):
   kh, kw, cin, cout = kernel.shape
-  windows = [w for _, w in _windows(x, kernel, strides, padding)]
+  windows = [w for _, w in _windows(x, kernel, strides, pads)]
   patches = windows[0] if len(windows) == 1 else jnp.concatenate(
       windows, axis=-1)
   return patches @ kernel.reshape(kh * kw * cin, cout)

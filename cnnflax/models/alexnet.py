@@ -9,8 +9,8 @@ import jax.numpy as jnp
 
 from cnnflax.backend.kernels import Kernels
 from cnnflax.models import register_model
-from cnnflax.models.layers import (LRN, SplitConv, activation, batch_norm,
-                                   check_choice, check_rate)
+from cnnflax.models.layers import (LRN, Conv, SplitConv, activation,
+                                   batch_norm, check_choice, check_rate)
 from cnnflax.models.vgg import fc_window, fc_windows
 
 # Section 3 of the paper: (features, kernel, stride, padding, split into the
@@ -55,11 +55,12 @@ class AlexNetFeatures(nn.Module):
       padding = pad if isinstance(pad, str) else ((pad, pad), (pad, pad))
       common = dict(strides=(stride, stride), padding=padding,
                     use_bias=not self.batch_norm, kernel_init=kernel_init,
-                    bias_init=bias_init, dtype=self.dtype, name=name)
+                    bias_init=bias_init, dtype=self.dtype,
+                    kernels=self.kernels, name=name)
       if split and self.groups > 1:
         x = SplitConv(features, (k, k), self.groups, **common)(x)
       else:
-        x = nn.Conv(features, (k, k), **common)(x)
+        x = Conv(features, (k, k), **common)(x)
       if self.batch_norm:
         x = batch_norm(train, self.dtype, self.axis_name, self.kernels)(x)
       x = act(x)

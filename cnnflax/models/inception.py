@@ -212,7 +212,7 @@ class BNInception(nn.Module):
     channels = x.shape[-1]
     x = SplitConv(channels * mult, (7, 7), groups=channels, strides=(2, 2),
                   padding="SAME", use_bias=False, dtype=self.dtype,
-                  name="conv1_depthwise")(x)
+                  kernels=self.kernels, name="conv1_depthwise")(x)
     return ConvBNAct(64, (1, 1), name="conv1", **common)(x, train)
 
   def _mixed(self, branches: tuple, name: str) -> Mixed:

@@ -28,7 +28,7 @@ from cnnflax.models.inception import (AVG, MAX_2, SLIM_EPSILON, V3_STEM,
                                       VALID, Mixed, check_epsilon,
                                       check_input_size, classifier, conv,
                                       fork)
-from cnnflax.models.layers import (ConvBNAct, activation, check_choice,
+from cnnflax.models.layers import (Conv, ConvBNAct, activation, check_choice,
                                    check_rate, residual_merge)
 
 # --- stems -------------------------------------------------------------------
@@ -178,7 +178,8 @@ class ResidualInception(nn.Module):
     y = Mixed(self.branches, self.batch_norm, self.activation, self.dtype,
               self.axis_name, self.bn_epsilon, kernels=self.kernels,
               name="mixed")(x, train)
-    y = nn.Conv(x.shape[-1], (1, 1), dtype=self.dtype, name="up")(y)
+    y = Conv(x.shape[-1], (1, 1), kernels=self.kernels, dtype=self.dtype,
+             name="up")(y)
     after = activation(self.activation) if self.activate else None
     return residual_merge(self, y, x, train, scale=self.scale,
                           survival=survival, per_sample=self.per_sample,

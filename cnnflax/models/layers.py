@@ -72,9 +72,10 @@ class ConvBNAct(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = nn.Conv(self.features, self.kernel_size, self.strides, self.padding,
-                feature_group_count=self.groups, use_bias=not self.batch_norm,
-                kernel_init=self.kernel_init, dtype=self.dtype)(x)
+    x = Conv(self.features, self.kernel_size, self.strides, self.padding,
+             use_bias=not self.batch_norm, groups=self.groups,
+             kernels=self.kernels, kernel_init=self.kernel_init,
+             dtype=self.dtype)(x)
     if self.batch_norm:
       return bn_act(train, self.dtype, self.axis_name, self.kernels, self.act,
                     epsilon=self.epsilon)(x)
@@ -202,6 +203,7 @@ class SplitConv(nn.Module):
   kernel_init: Callable = nn.initializers.he_normal()
   bias_init: Callable = nn.initializers.zeros
   dtype: Dtype = jnp.float32
+  kernels: Kernels = Kernels()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -209,10 +211,11 @@ class SplitConv(nn.Module):
       raise ValueError(
           f"groups={self.groups} must divide the {x.shape[-1]} input and "
           f"{self.features} output channels")
-    outs = [nn.Conv(self.features // self.groups, self.kernel_size,
-                    self.strides, self.padding, use_bias=self.use_bias,
-                    kernel_init=self.kernel_init, bias_init=self.bias_init,
-                    dtype=self.dtype, name=f"group{i}")(part)
+    outs = [Conv(self.features // self.groups, self.kernel_size,
+                 self.strides, self.padding, use_bias=self.use_bias,
+                 kernels=self.kernels, kernel_init=self.kernel_init,
+                 bias_init=self.bias_init, dtype=self.dtype,
+                 name=f"group{i}")(part)
             for i, part in enumerate(jnp.split(x, self.groups, axis=-1))]
     return jnp.concatenate(outs, axis=-1)
 
@@ -243,7 +246,9 @@ class Conv(nn.Module):
   features: int
   kernel_size: tuple[int, int] = (3, 3)
   strides: tuple[int, int] = (1, 1)
-  padding: int = 0  # zeros on each side (same for height and width)
+  # zeros on each side (an int), "SAME", "VALID" or ((top, bottom), (left,
+  # right)): kernels.padding_pairs
+  padding: Any = 0
   use_bias: bool = True
   groups: int = 1
   kernels: Kernels = Kernels()

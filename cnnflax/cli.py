@@ -60,7 +60,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def _config_flags() -> list[str]:
   """--config and the like; not their --config.field overrides."""
-  return [name for name, flag in flags.FLAGS._flags().items()  # pylint: disable=protected-access
+  every = flags.FLAGS._flags()  # pylint: disable=protected-access
+  return [name for name, flag in every.items()
           if type(flag).__name__ == "_ConfigFlag"]
 
 

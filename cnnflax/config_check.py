@@ -126,6 +126,7 @@ FIELDS: dict[str, Rule] = {
     "backend.scanned_conv": choice("auto", *kernels.CONV),
     "backend.depthwise": choice("auto", *kernels.DEPTHWISE),
     "backend.batch_norm": choice("auto", *kernels.BATCH_NORM),
+    "backend.max_pool": choice("auto", *kernels.MAX_POOL),
     "backend.allocator": choice(*allocator.CHOICES),
     "backend.xla_defaults": boolean,
     "batch_size": POSITIVE_INT,

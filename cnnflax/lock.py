@@ -86,9 +86,11 @@ def _alive(pid: Any) -> bool:
 def describe(held: dict[str, Any], now: float | None = None) -> str:
   now = time.time() if now is None else now
   job = f", SLURM job {held['slurm_job']}" if held.get("slurm_job") else ""
+  started = time.strftime("%Y-%m-%d %H:%M:%S",
+                          time.localtime(float(held.get("started", 0))))
+  age = now - float(held.get("heartbeat", 0))
   return (f"host {held.get('host')} pid {held.get('pid')}{job}, started "
-          f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(held.get('started', 0))))}"
-          f", last heartbeat {now - float(held.get('heartbeat', 0)):.0f} s ago")
+          f"{started}, last heartbeat {age:.0f} s ago")
 
 
 class WorkdirLock:
@@ -151,9 +153,9 @@ class WorkdirLock:
         self._start_heartbeat()
         return
       # Another run wrote after us: the next round sees whether it is live.
-    raise WorkdirLocked(f"--workdir={self.workdir}: could not take {self.target}"
-                        " after 5 rounds of other runs taking it; start one "
-                        "run per workdir")
+    raise WorkdirLocked(f"--workdir={self.workdir}: could not take "
+                        f"{self.target} after 5 rounds of other runs taking "
+                        "it; start one run per workdir")
 
   def check(self) -> None:
     """Raises WorkdirLocked when another run has taken the lock over."""

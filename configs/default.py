@@ -56,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.backend.scanned_conv = "auto"  # the same, inside scanned stages
   c.backend.depthwise = "auto"  # auto | matmul | xla
   c.backend.batch_norm = "auto"  # auto | vjp | autodiff
+  c.backend.max_pool = "auto"  # auto | xla | windows
   # Chosen when the process starts: give it on the command line.
   c.backend.allocator = os.environ.get("CNNFLAX_ALLOCATOR", "auto")
   c.backend.xla_defaults = os.environ.get("CNNFLAX_XLA_DEFAULTS", "1") != "0"

@@ -18,8 +18,8 @@ from cnnflax.models import layers, norm
 from tests.conftest import tiny_config
 
 AUTO = dict(platform="auto", conv="auto", scanned_conv="auto",
-            depthwise="auto", batch_norm="auto", allocator="auto",
-            xla_defaults=True)
+            depthwise="auto", batch_norm="auto", max_pool="auto",
+            allocator="auto", xla_defaults=True)
 
 
 def resolved(**fields) -> Kernels:
@@ -30,16 +30,18 @@ def test_auto_resolves_per_platform():
   onednn = native.available()
   cpu = resolved(platform="cpu")
   assert cpu == Kernels("onednn" if onednn else "xla",
-                        "onednn" if onednn else "matmul", "matmul", "vjp")
+                        "onednn" if onednn else "matmul", "matmul", "vjp",
+                        "windows")
   assert resolved() == cpu  # this machine is a CPU one
   for accelerators in ("cuda", "tpu", "cuda,tpu", "rocm"):
     assert resolved(platform=accelerators) == Kernels("xla", "xla", "xla",
-                                                      "vjp")
+                                                      "vjp", "xla")
 
 
 def test_explicit_choices_win():
-  assert resolved(platform="cpu", conv="xla", batch_norm="autodiff") == (
-      Kernels("xla", "matmul", "matmul", "autodiff"))
+  assert resolved(platform="cpu", conv="xla", batch_norm="autodiff",
+                  max_pool="xla") == (
+      Kernels("xla", "matmul", "matmul", "autodiff", "xla"))
   assert resolved(platform="cuda", depthwise="matmul",
                   scanned_conv="matmul").depthwise == "matmul"
 
@@ -114,7 +116,7 @@ def test_the_command_line_allocator_is_read_before_jax(monkeypatch):
 # Every kernel off its default, so that a layer that misses the model's
 # kernels (and keeps Kernels()) shows.
 ODD = Kernels(conv="matmul", scanned_conv="matmul", depthwise="matmul",
-              batch_norm="autodiff")
+              batch_norm="autodiff", max_pool="windows")
 
 
 def one_model_per_family() -> list[str]:
@@ -211,3 +213,39 @@ def test_a_checkpoint_with_a_retired_model_field_still_restores(tmp_path):
                      "this run has config.model.depth=32"):
     ckpts.restore({"w": np.zeros(4, np.float32)})
   ckpts.close()
+
+
+# --- max pooling as strided slices (backend.max_pool="windows") -------------
+
+POOLS = [  # (input shape, window, strides, padding) as the families pool
+    ((2, 9, 9, 3), (3, 3), (2, 2), "SAME"),  # Inception's stems
+    ((2, 8, 8, 3), (3, 3), (1, 1), "SAME"),  # Inception's pool branches
+    ((2, 8, 8, 3), (2, 2), (2, 2), "VALID"),  # VGG
+    ((2, 11, 11, 3), (3, 3), (2, 2), "VALID"),  # AlexNet
+    ((2, 9, 9, 3), (3, 3), (2, 2), ((1, 1), (1, 1))),  # ResNet, DenseNet
+    ((2, 10, 10, 3), (3, 3), (2, 2), ((0, 1), (0, 1))),  # Caffe's ceil
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shape, window, strides, padding", POOLS)
+def test_windows_max_pool_equals_xla_values_and_gradients(
+    shape, window, strides, padding, dtype):
+  """Ties included (values after a ReLU, rounded): the gradient goes to
+  each window's first maximum, as select_and_scatter sends it."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  from cnnflax.backend import pooling
+  x = jax.random.normal(jax.random.key(0), shape)
+  x = jnp.maximum(jnp.round(x * 2) / 2, 0).astype(dtype)
+  weights = jnp.arange(1.0, 1.0 + shape[-1])
+
+  def loss(pool):
+    return jax.jit(jax.value_and_grad(
+        lambda v: (pool(v).astype(jnp.float32) * weights).sum()))
+
+  ref_y, ref_g = loss(lambda v: nn.max_pool(v, window, strides, padding))(x)
+  y, g = loss(lambda v: pooling.max_pool(v, window, strides, padding))(x)
+  assert float(y) == float(ref_y)
+  assert g.dtype == ref_g.dtype and bool(jnp.array_equal(g, ref_g))

@@ -134,8 +134,11 @@ def resolve_kernels(section: Mapping, platforms: tuple[str, ...]) -> Kernels:
   if depthwise == "auto":
     depthwise = "matmul" if cpu else "xla"
   batch_norm = section["batch_norm"]
+  max_pool = section.get("max_pool", "auto")
+  if max_pool == "auto":
+    max_pool = "windows" if cpu else "xla"
   return Kernels(conv, scanned, depthwise,
-                 "vjp" if batch_norm == "auto" else batch_norm)
+                 "vjp" if batch_norm == "auto" else batch_norm, max_pool)
 
 
 def _onednn_built() -> bool:

@@ -18,17 +18,22 @@ A depthwise convolution (groups == input == output channels) runs
 `depthwise`: xla, or matmul, the shifted inputs weighted per channel and
 summed (XLA:CPU's own depthwise convolutions are 7-30x slower).
 BatchNorm: vjp (norm.py's hand-written VJP with the ReLU fused) or autodiff.
+Max pooling (`pool_max`): xla (reduce_window; its gradient is
+select_and_scatter, slow on XLA:CPU) or windows (strided slices with their
+own VJP, cnnflax.backend.pooling: the same values and gradients).
 """
 from __future__ import annotations
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 CONV = ("xla", "onednn", "matmul")
 DEPTHWISE = ("xla", "matmul")
 BATCH_NORM = ("vjp", "autodiff")
+MAX_POOL = ("xla", "windows")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,11 +42,13 @@ class Kernels:
   scanned_conv: str = "xla"  # those inside nn.scan stages (CONV)
   depthwise: str = "xla"  # DEPTHWISE
   batch_norm: str = "vjp"  # BATCH_NORM
+  max_pool: str = "xla"  # MAX_POOL
 
   def __post_init__(self):
     for field, options in (("conv", CONV), ("scanned_conv", CONV),
                            ("depthwise", DEPTHWISE),
-                           ("batch_norm", BATCH_NORM)):
+                           ("batch_norm", BATCH_NORM),
+                           ("max_pool", MAX_POOL)):
       value = getattr(self, field)
       if value not in options:
         raise ValueError(f"backend.{field}={value!r} is not valid; choose "
@@ -71,6 +78,17 @@ class Kernels:
         x, kernel, strides, list(pads),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=groups)
+
+
+  def pool_max(self, x: jax.Array, window: tuple[int, int],
+               strides: tuple[int, int], padding="VALID") -> jax.Array:
+    """NHWC max pooling; `padding` as nn.max_pool takes it."""
+    if self.max_pool == "windows":
+      from cnnflax.backend import pooling
+      if not isinstance(padding, str):
+        padding = tuple(tuple(p) for p in padding)
+      return pooling.max_pool(x, tuple(window), tuple(strides), padding)
+    return nn.max_pool(x, tuple(window), tuple(strides), padding)
 
 
 def padding_pairs(padding, x_shape, kernel_shape, strides

@@ -67,7 +67,7 @@ class AlexNetFeatures(nn.Module):
       if lrn and self.lrn:  # after the ReLU, before pooling (Section 3.3)
         x = LRN(size=5, k=2.0, alpha=1e-4, beta=0.75, name=f"lrn{i}")(x)
       if pool:  # overlapping pooling (Section 3.4)
-        x = nn.max_pool(x, (3, 3), (2, 2))
+        x = self.kernels.pool_max(x, (3, 3), (2, 2))
     return x
 
 

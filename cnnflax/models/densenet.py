@@ -267,7 +267,7 @@ class DenseNet(nn.Module):
              kernel_init=he_init, dtype=self.dtype, name="stem_conv")(x)
     x = batch_norm(train, self.dtype, self.axis_name, self.kernels, relu=True,
                    name="stem_bn")(x)
-    return nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1)] * 2)
+    return self.kernels.pool_max(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
 
 
 def _register():

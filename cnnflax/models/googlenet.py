@@ -57,7 +57,7 @@ class Inception(nn.Module):
     b3 = conv(n3, 3, "3x3")(conv(r3, 1, "3x3_reduce")(x, train), train)
     b5 = conv(n5, self.kernel_5x5, "5x5")(conv(r5, 1, "5x5_reduce")(x, train),
                                           train)
-    pooled = nn.max_pool(x, (3, 3), (1, 1), ((1, 1), (1, 1)))
+    pooled = self.kernels.pool_max(x, (3, 3), (1, 1), ((1, 1), (1, 1)))
     bp = conv(proj, 1, "pool_proj")(pooled, train)
     return jnp.concatenate([b1, b3, b5, bp], axis=-1)
 
@@ -152,12 +152,12 @@ class GoogLeNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False):
     x = x.astype(self.dtype)
     x = self._conv(64, 7, "conv1", strides=2, padding=3)(x, train)
-    x = caffe_pool(x, "max", 3, 2)
+    x = caffe_pool(x, "max", 3, 2, self.kernels)
     x = self._lrn("lrn1")(x)
     x = self._conv(64, 1, "conv2_reduce")(x, train)
     x = self._conv(192, 3, "conv2")(x, train)
     x = self._lrn("lrn2")(x)
-    x = caffe_pool(x, "max", 3, 2)
+    x = caffe_pool(x, "max", 3, 2, self.kernels)
     aux = []
     for name, widths in INCEPTION.items():
       x = Inception(widths, self.batch_norm, self.activation, self.dtype,
@@ -170,7 +170,7 @@ class GoogLeNet(nn.Module):
             self.bn_epsilon, self.kernels, name=f"aux_{name}")(x, train))
       if name in POOL_AFTER:
         window = self.pool4_window if name == POOL_AFTER[-1] else 3
-        x = caffe_pool(x, "max", window, 2)
+        x = caffe_pool(x, "max", window, 2, self.kernels)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(x)

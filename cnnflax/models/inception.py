@@ -96,7 +96,8 @@ class Mixed(nn.Module):
                        name=name)(x, train)
     _, window, stride, padding = layer
     if kind == "max":
-      return nn.max_pool(x, (window, window), (stride, stride), padding)
+      return self.kernels.pool_max(x, (window, window), (stride, stride),
+                                    padding)
     return nn.avg_pool(x, (window, window), (stride, stride), padding,
                        count_include_pad=self.count_include_pad)
 

@@ -220,7 +220,8 @@ class SplitConv(nn.Module):
     return jnp.concatenate(outs, axis=-1)
 
 
-def caffe_pool(x: jax.Array, kind: str, window: int, stride: int) -> jax.Array:
+def caffe_pool(x: jax.Array, kind: str, window: int, stride: int,
+               kernels: Kernels = Kernels()) -> jax.Array:
   """Max or average pooling without padding, rounding the output size up as
   Caffe does: ceil((n - window) / stride) + 1, the last window hanging over
   the edge (an average then covers only the pixels inside). NiN's and
@@ -232,7 +233,7 @@ def caffe_pool(x: jax.Array, kind: str, window: int, stride: int) -> jax.Array:
       out -= 1
     pads.append((0, max(0, (out - 1) * stride + window - n)))
   if kind == "max":
-    return nn.max_pool(x, (window, window), (stride, stride), pads)
+    return kernels.pool_max(x, (window, window), (stride, stride), pads)
   if kind == "avg":
     return nn.avg_pool(x, (window, window), (stride, stride), pads,
                        count_include_pad=False)

@@ -187,7 +187,7 @@ class NiN(nn.Module):
                   float(self.class_map_bias) if last else 0.0,
                   self.kernels, name=f"mlpconv{i}")(x, train)
       if pool is not None:
-        x = caffe_pool(x, *pool)
+        x = caffe_pool(x, *pool, kernels=self.kernels)
       if dropout:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return jnp.mean(x, axis=(1, 2))

@@ -454,7 +454,7 @@ class ResNet(nn.Module):
     else:
       x = act(x)
     if self.stem == "imagenet":
-      x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1)] * 2)
+      x = self.layer_kernels.pool_max(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
     return x
 
   def _units(self):

@@ -60,7 +60,7 @@ class VGGFeatures(nn.Module):
     stage, index = 1, 1
     for layer in CONFIGS[self.config]:
       if layer == "maxpool":
-        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = self.kernels.pool_max(x, (2, 2), (2, 2))
         stage, index = stage + 1, 1
       elif layer == "LRN":  # Krizhevsky's parameters (Section 2.1)
         x = LRN(size=5, k=2.0, alpha=1e-4, beta=0.75, name="lrn")(x)

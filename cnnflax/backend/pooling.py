@@ -17,21 +17,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cnnflax.backend.kernels import padding_pairs
+
 
 def pads_and_outputs(shape, window, strides, padding):
   """Per spatial dim: (low, high) padding and output size. `padding`:
   "SAME", "VALID" or ((top, bottom), (left, right))."""
-  pads, outs = [], []
-  for n, k, s, i in zip(shape[1:3], window, strides, range(2)):
-    if padding == "VALID":
-      pad = (0, 0)
-    elif padding == "SAME":
-      total = max((-(-n // s) - 1) * s + k - n, 0)
-      pad = (total // 2, total - total // 2)
-    else:
-      pad = tuple(padding[i])
-    pads.append(pad)
-    outs.append((n + pad[0] + pad[1] - k) // s + 1)
+  pads = padding_pairs(padding, shape, window, strides)
+  outs = [(n + lo + hi - k) // s + 1
+          for n, k, s, (lo, hi) in zip(shape[1:3], window, strides, pads)]
   return pads, outs
 
 

@@ -142,8 +142,8 @@ class Checkpoints:
         f"checkpoint {path} was written with {had} but this run has {has}; "
         "a resumed run keeps its recipe (only its length, logging, "
         "evaluation and checkpoint cadence, data location and backend may "
-        "change: README, Resuming); restore those values or use a new "
-        "--workdir")
+        "change: README, When things go wrong); restore those values or use "
+        "a new --workdir")
 
   def poll(self) -> None:
     """Reports a background save that has failed, without waiting."""

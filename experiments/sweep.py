@@ -3,9 +3,9 @@
 A sweep is a list of `Run`s: a config (`configs/resnet_cifar.py:56`) plus
 overrides. `--budget` scales each run's schedule (steps or epochs, schedule
 boundaries, warm-up, evaluation and checkpoint cadence) by a fraction. Runs
-go one after another on this machine (`--mode=run`: a run whose workdir
-holds results.json is skipped, an unfinished one resumes from its
-checkpoint) or into a SLURM job array (`--mode=slurm`, see write_slurm);
+go one after another on this machine, or `--parallel` at once on shares of
+its cores (`--mode=run`: a run whose workdir holds results.json is skipped,
+an unfinished one resumes from its checkpoint) or into a SLURM job array (`--mode=slurm`, see write_slurm);
 `--mode=table` collects what exists into a markdown table whose header names
 the budget, the dataset and the command, so that a reduced run never passes
 for the paper's setting.
@@ -23,6 +23,8 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
+import time
 from typing import Any, Sequence
 
 import ml_collections
@@ -38,11 +40,15 @@ from cnnflax import paths  # noqa: E402  (after the path above)
 
 # The flags every sweep script takes.
 flags.DEFINE_enum("mode", "table", ["run", "slurm", "table"],
-                  "run: train here, one run after another; slurm: write a "
+                  "run: train here, one run after another (or "
+                  "--parallel at once); slurm: write a "
                   "job array; table: collect what exists.")
 flags.DEFINE_string("root", None, "Folder of the sweep's runs.")
 flags.DEFINE_float("budget", 1.0, "Fraction of the papers' schedules.")
 flags.DEFINE_string("data_dir", "", "The dataset's local copy (else TFDS).")
+flags.DEFINE_integer("parallel", 1, "--mode=run: this many runs at once, "
+                     "each pinned to its own share of the cores, each "
+                     "writing ROOT/NAME.log.")
 flags.DEFINE_multi_string("set", [], "KEY=VALUE config override applied to "
                           "every run after the budget, e.g. "
                           "--set=eval_every_steps=500 (repeatable).")
@@ -244,18 +250,70 @@ def final_params(workdir: str) -> list:
 
 
 def run_locally(runs: Sequence[Run], root: str, budget: float,
-                extra: dict | None = None) -> list[str]:
-  """Runs what has no results.json yet; returns the names that failed."""
-  failed = []
+                extra: dict | None = None, parallel: int = 1) -> list[str]:
+  """Runs what has no results.json yet; returns the names that failed.
+
+  With `parallel` > 1, that many runs at once, each pinned to its own share
+  of this process's cores, its output in a log file. On a small machine two
+  runs of one core each can get through more images than one run of two
+  (ResNet-56 in bf16 on 2 cores, measured: 2 x 183 against 262 img/s)."""
+  waiting = []
   for run in runs:
     if results(root, run) is not None:
       print(f"[skip] {run.name}: results.json exists")
-      continue
-    cmd = command(run, root, budget, extra)
-    print(f"[run] {run.name}: {shlex.join(cmd)}", flush=True)
-    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
-      failed.append(run.name)
+    else:
+      waiting.append(run)
+  shares = core_shares(parallel) if parallel > 1 else [None]
+  failed, active = [], {}  # share index -> (process, run)
+  while waiting or active:
+    for slot in range(len(shares)):
+      if slot not in active and waiting:
+        run = waiting.pop(0)
+        active[slot] = (start(run, root, budget, extra, shares[slot]), run)
+    for slot, (process, run) in list(active.items()):
+      if process.poll() is not None:
+        del active[slot]
+        if process.returncode != 0:
+          failed.append(run.name)
+    if active:
+      time.sleep(0.5)
   return failed
+
+
+def core_shares(n: int) -> list[set[int]]:
+  """This process's cores cut into `n` contiguous shares, as even as may be."""
+  cores = sorted(os.sched_getaffinity(0))
+  if not 1 <= n <= len(cores):
+    raise ValueError(f"--parallel={n} is not valid: this process may use "
+                     f"{len(cores)} cores; give 1 to {len(cores)}")
+  cut = [round(i * len(cores) / n) for i in range(n + 1)]
+  return [set(cores[a:b]) for a, b in zip(cut, cut[1:])]
+
+
+def start(run: Run, root: str, budget: float, extra: dict | None,
+          cores: set[int] | None) -> subprocess.Popen:
+  """Starts one run: in this terminal, or on `cores` with its output in
+  a log file (the run's folder's name + .log, beside it on a local root)."""
+  cmd = command(run, root, budget, extra)
+  if cores is None:
+    print(f"[run] {run.name}: {shlex.join(cmd)}", flush=True)
+    return subprocess.Popen(cmd, cwd=ROOT)
+  log = log_path(root, run)
+  print(f"[run] {run.name} on cores {sorted(cores)}, log {log}: "
+        f"{shlex.join(cmd)}", flush=True)
+  with open(log, "ab") as out:  # the child keeps its own copy open
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=out,
+                            stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: os.sched_setaffinity(0, cores))
+
+
+def log_path(root: str, run: Run) -> str:
+  """Where a pinned run writes its output: beside its folder, or in the
+  temporary folder when the root is a bucket."""
+  folder = os.path.join(tempfile.gettempdir(), "cnnflax-sweep") \
+      if paths.is_url(root) else root
+  os.makedirs(folder, exist_ok=True)
+  return os.path.join(folder, f"{run.name}.log")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -571,7 +629,10 @@ def execute(runs: Sequence[Run]) -> bool:
   extra = sweep_extra()
   f.root = str(paths.path(f.root))  # absolute, or a bucket URL
   if f.mode == "run":
-    failed = run_locally(runs, f.root, f.budget, extra)
+    try:
+      failed = run_locally(runs, f.root, f.budget, extra, f.parallel)
+    except ValueError as e:
+      sys.exit(f"error: {e}")
     if failed:
       print("failed:", ", ".join(failed))
   elif f.mode == "slurm":

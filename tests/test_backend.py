@@ -186,6 +186,7 @@ def test_a_runs_config_json_holds_the_resolved_backend(tmp_path):
   assert recorded["allocator"] == allocator.kind()
   assert recorded["xla_flags"] == os.environ["XLA_FLAGS"].split()
   assert "--xla_cpu_opt_preset=FAST_COMPILE" in recorded["xla_flags"]
+  assert recorded["cpu_cores"] == len(os.sched_getaffinity(0))
   # Read back for evaluation, the record gives way to this machine's choice.
   assert run_lib.saved_config(workdir).backend.conv == "auto"
 

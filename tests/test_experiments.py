@@ -61,6 +61,28 @@ def test_runs_locally_skips_finished_runs_and_writes_slurm(tmp_path, capsys):
   assert root + "/a " not in script
 
 
+def test_parallel_runs_share_the_cores_and_report_failures(tmp_path):
+  runs = [sweep.Run(n, "configs/default.py", TINY) for n in ("a", "b")]
+  runs.append(sweep.Run("bad", "configs/default.py", {**TINY,
+                                                      "batch_size": -1}))
+  root = str(tmp_path)
+  assert sweep.run_locally(runs, root, budget=1.0, parallel=2) == ["bad"]
+  for name in ("a", "b"):
+    assert sweep.results(root, runs[0 if name == "a" else 1])["steps"] == 4
+    with open(os.path.join(root, name, "config.json")) as f:
+      assert json.load(f)["backend"]["cpu_cores"] == 1
+  with open(os.path.join(root, "bad.log")) as f:
+    assert "config.batch_size=-1 is not valid" in f.read()
+
+
+def test_core_shares_are_contiguous_and_even(monkeypatch):
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 5})
+  assert sweep.core_shares(2) == [{0, 1}, {2, 3, 5}]
+  assert sweep.core_shares(5) == [{0}, {1}, {2}, {3}, {5}]
+  with pytest.raises(ValueError, match="--parallel=6 is not valid"):
+    sweep.core_shares(6)
+
+
 def test_header_says_when_a_table_is_not_the_papers_setting():
   text = sweep.header("T", 0.1, "cifar10", ["experiments/x.py", "--budget=0.1"])
   assert "0.1 of the papers' schedules (NOT the paper's setting)" in text

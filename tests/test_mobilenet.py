@@ -124,6 +124,21 @@ def test_weighted_sum_depthwise_is_lax_conv(strides):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_weighted_sum_depthwise_keeps_bfloat16_and_sums_wide():
+  # Inputs that bf16 holds exactly: the products of two of them are exact
+  # in f32, so a sum kept in f32 is off by its one final rounding to bf16
+  # (at most 2^-8 of it); a sum in bf16 rounds at every tap.
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 5)).astype(jnp.bfloat16)
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 1, 5)).astype(
+      jnp.bfloat16)
+  want = np.asarray(Kernels(depthwise="xla").conv2d(
+      x.astype(jnp.float32), kernel.astype(jnp.float32), (1, 1), 1, groups=5))
+  got = Kernels(depthwise="matmul").conv2d(x, kernel, (1, 1), 1, groups=5)
+  assert got.dtype == jnp.bfloat16
+  error = np.abs(np.asarray(got, np.float32) - want)
+  assert np.all(error <= np.abs(want) * 2.0**-8 + 1e-6)
+
+
 def test_summary_counts_grouped_convolutions_per_group():
   # nn.Conv's kernel holds in / groups inputs per filter: a depthwise 3x3
   # costs 9 mult-adds per output value, not 9 * channels.

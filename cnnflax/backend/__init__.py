@@ -57,12 +57,16 @@ class Backend:
   kernels: Kernels
   allocator: str  # what this process runs with
   xla_flags: tuple[str, ...]  # XLA_FLAGS as jax's backend got them
+  # The cores this process may run on: XLA:CPU sizes its thread pools to
+  # them, and a sweep may pin its runs to a share (experiments/sweep.py).
+  cpu_cores: int = 0
 
   def record(self) -> dict:
     """config.json's `backend`: the resolved values."""
     return {"platform": ",".join(self.platforms),
             **dataclasses.asdict(self.kernels),
-            "allocator": self.allocator, "xla_flags": list(self.xla_flags)}
+            "allocator": self.allocator, "xla_flags": list(self.xla_flags),
+            "cpu_cores": self.cpu_cores}
 
 
 def start() -> None:
@@ -94,7 +98,8 @@ def resolve(section: Mapping, check_process: bool = True) -> Backend:
     _check_allocator(section["allocator"], active)
   platforms = parse_platforms(section["platform"])
   kernels = resolve_kernels(section, platforms)
-  return Backend(platforms, kernels, active, tuple(flags.split()))
+  return Backend(platforms, kernels, active, tuple(flags.split()),
+                 len(os.sched_getaffinity(0)))
 
 
 def parse_platforms(value: str) -> tuple[str, ...]:

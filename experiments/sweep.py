@@ -5,7 +5,8 @@ overrides. `--budget` scales each run's schedule (steps or epochs, schedule
 boundaries, warm-up, evaluation and checkpoint cadence) by a fraction. Runs
 go one after another on this machine, or `--parallel` at once on shares of
 its cores (`--mode=run`: a run whose workdir holds results.json is skipped,
-an unfinished one resumes from its checkpoint) or into a SLURM job array (`--mode=slurm`, see write_slurm);
+an unfinished one resumes from its checkpoint), or into a SLURM job array
+(`--mode=slurm`, see write_slurm);
 `--mode=table` collects what exists into a markdown table whose header names
 the budget, the dataset and the command, so that a reduced run never passes
 for the paper's setting.
@@ -182,6 +183,11 @@ def read_jsonl(root: str, run: Run, name: str) -> list[dict]:
   return _jsonl(paths.path(run_dir(root, run)) / name)
 
 
+def wall_minutes(result: dict | None) -> float | None:
+  """The run's training wall time (results.json's wall_s) in minutes."""
+  return None if result is None else round(result["wall_s"] / 60, 1)
+
+
 def test_error(result: dict | None) -> float | None:
   """Top-1 test error in % of a results.json (None: not run yet)."""
   return None if result is None else 100 * (1 - result["test_top1_acc"])
@@ -265,18 +271,23 @@ def run_locally(runs: Sequence[Run], root: str, budget: float,
       waiting.append(run)
   shares = core_shares(parallel) if parallel > 1 else [None]
   failed, active = [], {}  # share index -> (process, run)
-  while waiting or active:
-    for slot in range(len(shares)):
-      if slot not in active and waiting:
-        run = waiting.pop(0)
-        active[slot] = (start(run, root, budget, extra, shares[slot]), run)
-    for slot, (process, run) in list(active.items()):
-      if process.poll() is not None:
-        del active[slot]
-        if process.returncode != 0:
-          failed.append(run.name)
-    if active:
-      time.sleep(0.5)
+  try:
+    while waiting or active:
+      for slot in range(len(shares)):
+        if slot not in active and waiting:
+          run = waiting.pop(0)
+          active[slot] = (start(run, root, budget, extra, shares[slot]), run)
+      for slot, (process, run) in list(active.items()):
+        if process.poll() is not None:
+          del active[slot]
+          if process.returncode != 0:
+            failed.append(run.name)
+      if active:
+        time.sleep(0.5)
+  finally:  # stopped: each run saves its checkpoint on SIGTERM and exits
+    for process, _ in active.values():
+      process.terminate()
+      process.wait()
   return failed
 
 
@@ -546,6 +557,11 @@ def header(title: str, budget: float | None, dataset: str,
            f"- dataset: {dataset}",
            f"- command: `{shlex.join(['python', *argv])}`",
            f"- made: {datetime.date.today().isoformat()}"]
+  sets = [a.split("=", 1)[1] for a in argv if a.startswith("--set=")]
+  if sets:
+    lines.append(f"- set on every run: {', '.join(sets)}" + (
+        " (half_precision: bfloat16 compute, float32 parameters)"
+        if "half_precision=True" in sets else ""))
   if note:
     lines.append(f"- note: {note}")
   return "\n".join(lines) + "\n\n"

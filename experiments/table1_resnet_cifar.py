@@ -34,8 +34,9 @@ def table(all_runs, root: str) -> list[list]:
   rows = []
   for plain, res in zip(all_runs[::2], all_runs[1::2]):
     depth = int(res.name.removeprefix("resnet"))
-    rows.append([depth, sweep.test_error(sweep.results(root, plain)),
-                 sweep.test_error(sweep.results(root, res)), res.paper])
+    done = sweep.results(root, plain), sweep.results(root, res)
+    rows.append([depth, *map(sweep.test_error, done), res.paper,
+                 *map(sweep.wall_minutes, done)])
   return rows
 
 
@@ -51,7 +52,8 @@ def report(all_runs, root: str, budget: float, dataset: str, argv) -> str:
                       argv, note="test error in %; the paper trains on 45k "
                       "images, we train on all 50k")
   return text + sweep.markdown_table(
-      ["depth", "plain (ours)", "ResNet (ours)", "ResNet (paper)"],
+      ["depth", "plain (ours)", "ResNet (ours)", "ResNet (paper)",
+       "plain: minutes", "ResNet: minutes"],
       table(all_runs, root))
 
 

@@ -84,9 +84,13 @@ def test_core_shares_are_contiguous_and_even(monkeypatch):
 
 
 def test_header_says_when_a_table_is_not_the_papers_setting():
-  text = sweep.header("T", 0.1, "cifar10", ["experiments/x.py", "--budget=0.1"])
+  text = sweep.header("T", 0.1, "cifar10", ["experiments/x.py", "--budget=0.1",
+                                            "--set=half_precision=True"])
+  assert ("- set on every run: half_precision=True (half_precision: "
+          "bfloat16 compute") in text
   assert "0.1 of the papers' schedules (NOT the paper's setting)" in text
-  assert "`python experiments/x.py --budget=0.1`" in text
+  assert ("`python experiments/x.py --budget=0.1 --set=half_precision=True`"
+          in text)
 
 
 def test_table8_puts_our_counts_beside_the_references():
@@ -108,8 +112,9 @@ def test_table1_collects_and_plots_tiny_runs(tmp_path):
   assert sweep.run_locally(runs, root, budget=1.0, extra=tiny) == []
   text = t1.report(runs, root, 1.0, "synthetic", ["t1.py"])
   row = [l for l in text.splitlines() if l.startswith("| 8 |")][0]
-  plain, res = (float(v) for v in row.split(" | ")[1:3])
-  assert 0 <= plain <= 100 and 0 <= res <= 100
+  plain, res, _, plain_min, res_min = row.strip(" |").split(" | ")[1:]
+  assert 0 <= float(plain) <= 100 and 0 <= float(res) <= 100
+  assert 0 <= float(plain_min) < 5 and 0 <= float(res_min) < 5
   png = str(tmp_path / "fig6.png")
   sweep.plot_curves(t1.panels(runs), root, png)
   with open(png, "rb") as f:

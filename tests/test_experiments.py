@@ -67,9 +67,9 @@ def test_parallel_runs_share_the_cores_and_report_failures(tmp_path):
                                                       "batch_size": -1}))
   root = str(tmp_path)
   assert sweep.run_locally(runs, root, budget=1.0, parallel=2) == ["bad"]
-  for name in ("a", "b"):
-    assert sweep.results(root, runs[0 if name == "a" else 1])["steps"] == 4
-    with open(os.path.join(root, name, "config.json")) as f:
+  for run in runs[:2]:
+    assert sweep.results(root, run)["steps"] == 4
+    with open(os.path.join(root, run.name, "config.json")) as f:
       assert json.load(f)["backend"]["cpu_cores"] == 1
   with open(os.path.join(root, "bad.log")) as f:
     assert "config.batch_size=-1 is not valid" in f.read()
